@@ -1,0 +1,167 @@
+"""One pydantic config per command: the only knobs each recipe has.
+
+Every CLI verb builds its config from (in increasing priority) the defaults here, an
+optional ``--config FILE`` (YAML or JSON), and the flags given on the command line.
+Notebook users build the same objects, or pass keyword arguments to the verb function.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import UserError
+from .task import DEFAULT_CONFIG, DEFAULT_DATASET, DEFAULT_DATASET_SPLIT, DEFAULT_MODEL
+
+
+class _Config(BaseModel):
+    # Unknown keys in a config file are an error, not silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MergeConfig(_Config):
+    csv_files: list[Path] = Field(default_factory=list, description="Teacher response CSVs.")
+    output: Path = Field(Path("merged.parquet"), description="Merged parquet to write.")
+    dataset_name: str = Field(DEFAULT_DATASET, description="Hub id or local parquet/folder.")
+    config_name: str = DEFAULT_CONFIG
+    dataset_split: str = DEFAULT_DATASET_SPLIT
+    filter_correct_only: bool = False
+    filter_matched_only: bool = False
+    # None means every response of a sample ("all" on the command line).
+    responses_per_sample: int | None = Field(1, ge=1)
+    test_size: float = Field(0.1, ge=0.0, lt=1.0)
+    val_size: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 42
+    force: bool = False
+
+    @field_validator("responses_per_sample", mode="before")
+    @classmethod
+    def _all_means_none(cls, v: Any) -> Any:
+        return None if isinstance(v, str) and v.lower() == "all" else v
+
+
+class TrainConfig(_Config):
+    augmented_dataset: Path = Field(Path("merged.parquet"), description="Output of merge.")
+    model: str = DEFAULT_MODEL
+    output_dir: Path = Path("runs")
+    run_name: str | None = None
+    num_samples: int | None = Field(None, ge=1)
+    epochs: float = Field(3, gt=0)
+    batch_size: int = Field(2, ge=1)
+    gradient_accumulation: int = Field(4, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(5, ge=0)
+    weight_decay: float = 0.01
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    max_pixels: int | None = Field(None, ge=1)
+    min_pixels: int | None = Field(None, ge=1)
+    tune_vision: bool = False
+    load_in_4bit: bool = False
+    target: Literal["teacher", "ground-truth"] = "teacher"
+    fill_missing: bool = False
+    # None: follow the teacher (guidance on when the teacher's prompt had it).
+    with_description: bool | None = None
+    select_by: Literal["val_loss", "val_accuracy", "last"] = "val_loss"
+    max_new_tokens: int = Field(1024, ge=1, description="Generation budget for val_accuracy.")
+    max_length: int = Field(16384, ge=16, description="Longest sequence allowed; never truncated.")
+    use_wandb: bool = False
+    wandb_project: str = "connectodistill"
+    resume: bool = False
+    seed: int = 42
+    gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+    logging_steps: int = Field(5, ge=1)
+    progress: bool = True
+
+
+class EvalConfig(_Config):
+    adapter_path: Path | None = None
+    base_model: str | None = None
+    dataset_name: str | None = None
+    config_name: str | None = None
+    dataset_split: str | None = None
+    merged: Path | None = None
+    split: Literal["train", "val", "test", "all"] | None = None
+    num_samples: int | None = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_new_tokens: int = Field(1024, ge=1)
+    max_pixels: int | None = Field(None, ge=1)
+    min_pixels: int | None = Field(None, ge=1)
+    blank_images: bool = False
+    simple_prompt: bool = False
+    with_description: bool | None = None
+    allow_train_samples: bool = False
+    allow_config_mismatch: bool = False
+    output_dir: Path = Path("results")
+    name: str | None = Field(None, description="Name of this result (folder under output_dir).")
+    load_in_4bit: bool = False
+    seed: int = 0
+    progress: bool = True
+
+
+class ReportConfig(_Config):
+    results: list[Path] = Field(default_factory=list)
+    merged: Path | None = None
+    output: Path | None = None  # default: report.md / report.csv beside the first result
+
+
+class DemoConfig(_Config):
+    output_dir: Path = Path("demo-run")
+    seed: int = 0
+    samples: int = 2000
+    image_size: int = 64
+    epochs: float = 10
+    max_new_tokens: int = 48
+    force: bool = False
+    progress: bool = True
+
+
+class RemoteConfig(_Config):
+    gpu: str = "A100-80GB"
+    timeout: int = Field(24 * 3600, ge=60, description="Seconds before Modal stops the call.")
+    detach: bool = False
+    app_name: str = "connectodistill"
+    models_volume: str = "connectodistill-models"
+    datasets_volume: str = "connectodistill-datasets"
+    runs_volume: str = "connectodistill-runs"
+    hf_secret: str | None = "huggingface-secret"
+    wandb_secret: str | None = "wandb-secret"
+
+
+def load_config_file(path: Path | None) -> dict[str, Any]:
+    """Read a YAML or JSON mapping of option names (underscores or dashes) to values."""
+    if path is None:
+        return {}
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        raise UserError(f"could not parse config file {path}: {e}".splitlines()[0]) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def build_config(cls: type[_Config], file_values: dict[str, Any], overrides: dict[str, Any]):
+    """Defaults < config file < explicit overrides (None in ``overrides`` means 'not given')."""
+    values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "?"
+        raise UserError(f"invalid option {where}: {err['msg']}") from e
