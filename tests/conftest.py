@@ -34,3 +34,24 @@ def teacher_csvs(small_benchmark, tmp_path_factory):
     from connectodistill.synthetic import make_teacher_csvs
 
     return make_teacher_csvs(small_benchmark, tmp_path_factory.mktemp("csvs"), k=5, seed=0)
+
+
+@pytest.fixture(scope="session")
+def merged_small(small_benchmark, teacher_csvs, tmp_path_factory):
+    """merge() output for the small benchmark, correct teacher rows only (path)."""
+    from connectodistill.matching import merge
+
+    out = tmp_path_factory.mktemp("merged") / "merged.parquet"
+    merge(csv_files=teacher_csvs, output=out, dataset_name=str(small_benchmark), filter_correct_only=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(merged_small, tiny_student, tmp_path_factory):
+    """A short LoRA run of the tiny student on ``merged_small`` (run folder)."""
+    from connectodistill.training import train
+
+    return train(augmented_dataset=merged_small, model=str(tiny_student),
+                 output_dir=tmp_path_factory.mktemp("runs"), run_name="fixture", epochs=2,
+                 batch_size=8, gradient_accumulation=1, learning_rate=3e-3, warmup_steps=0,
+                 select_by="val_loss", progress=False, seed=0)

@@ -48,6 +48,8 @@ class TrainConfig(_Config):
     model: str = DEFAULT_MODEL
     output_dir: Path = Path("runs")
     run_name: str | None = None
+    # Exact run folder to write (or, with resume, to continue); default: a new named folder.
+    run_dir: Path | None = None
     num_samples: int | None = Field(None, ge=1)
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(2, ge=1)
@@ -165,3 +167,9 @@ def build_config(cls: type[_Config], file_values: dict[str, Any], overrides: dic
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "?"
         raise UserError(f"invalid option {where}: {err['msg']}") from e
+
+
+def resolve(cls: type[_Config], config: _Config | None, overrides: dict[str, Any]):
+    """A config from an optional base config plus keyword overrides (how notebooks call verbs)."""
+    base = config.model_dump() if config is not None else {}
+    return build_config(cls, base, overrides)

@@ -1,0 +1,324 @@
+"""Held-out evaluation (the `eval` recipe): batched greedy generation, parsed answers, metrics.
+
+Settings that shape what the model sees (base model, benchmark, prompt template, guidance,
+chat template, pixel budget, split lists) come from the adapter's ``training_config.json``,
+so a student is scored exactly as it was trained; a conflicting flag is refused unless
+``allow_config_mismatch``. Unparsed answers count as wrong.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from .config import EvalConfig, resolve
+from .conversation import (
+    PROMPT_TEMPLATE_ID,
+    build_messages,
+    build_prompt,
+    load_images,
+    prompt_template_hash,
+    sample_name,
+)
+from .errors import UserError
+from .task import DEFAULT_CONFIG, DEFAULT_DATASET, DEFAULT_DATASET_SPLIT, ID_COLUMNS, image_columns, label_column
+from .training import RUN_CONFIG
+
+PREDICTION_COLUMNS = (
+    "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
+    "parsed", "correct", "analysis", "response",
+)
+
+
+# ----------------------------------------------------------------------------- generation
+def generate_answers(model, processor, prompts: list[str], images: list[list], *,
+                     batch_size: int = 4, max_new_tokens: int = 1024, progress=None) -> list[str]:
+    """Greedy responses for (prompt, views) pairs, batched with left padding."""
+    import torch
+
+    tok = processor.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = "left"  # generation continues from the right edge of every row
+    responses: list[str] = []
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = range(start, min(start + batch_size, len(prompts)))
+            texts = [
+                processor.apply_chat_template(build_messages(prompts[i], n_images=len(images[i])),
+                                              add_generation_prompt=True, tokenize=False)
+                for i in chunk
+            ]
+            flat = [im for i in chunk for im in images[i]]
+            inputs = processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
+            inputs = inputs.to(model.device)
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+            new = out[:, inputs["input_ids"].shape[1]:]
+            responses += tok.batch_decode(new, skip_special_tokens=True)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        tok.padding_side = old_side
+    return responses
+
+
+# ----------------------------------------------------------------------------- settings
+def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """What to evaluate and how: from the adapter's training_config.json or from the flags."""
+    if cfg.adapter_path is not None:
+        run_dir = Path(cfg.adapter_path)
+        if not (run_dir / RUN_CONFIG).is_file():
+            raise UserError(f"{run_dir}: no {RUN_CONFIG}; pass a run folder written by `connectodistill train`")
+        run = json.loads((run_dir / RUN_CONFIG).read_text())
+        s = {
+            "base_model": run["base_model"],
+            "dataset_name": run.get("dataset_name"),
+            "config_name": run.get("config_name"),
+            "dataset_split": run.get("dataset_split"),
+            "with_description": run.get("with_description", True),
+            "min_pixels": run["pixel_budget"]["min_pixels"],
+            "max_pixels": run["pixel_budget"]["max_pixels"],
+            "splits": run["splits"],
+            "processor_from": str(run_dir),
+            "chat_template_sha256": run.get("chat_template_sha256"),
+        }
+        if run.get("prompt_template_hash") != prompt_template_hash():
+            _mismatch(cfg, "prompt template", run.get("prompt_template_hash"), prompt_template_hash())
+        for flag, key in (("base_model", "base_model"), ("dataset_name", "dataset_name"),
+                          ("config_name", "config_name"), ("dataset_split", "dataset_split"),
+                          ("with_description", "with_description"), ("min_pixels", "min_pixels"),
+                          ("max_pixels", "max_pixels")):
+            given = getattr(cfg, flag)
+            if given is not None and given != s[key]:
+                _mismatch(cfg, f"--{flag.replace('_', '-')}", s[key], given)
+                s[key] = given
+        return s
+    if cfg.base_model is None:
+        raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
+    report: dict[str, Any] = {}
+    if cfg.merged is not None:
+        from .data import read_merged
+
+        if not Path(cfg.merged).is_file():
+            raise UserError(f"merged file not found: {cfg.merged}")
+        _, report = read_merged(cfg.merged)
+    return {
+        "base_model": cfg.base_model,
+        "dataset_name": cfg.dataset_name or report.get("dataset_name") or DEFAULT_DATASET,
+        "config_name": cfg.config_name or report.get("config_name") or DEFAULT_CONFIG,
+        "dataset_split": cfg.dataset_split or report.get("dataset_split") or DEFAULT_DATASET_SPLIT,
+        "with_description": True if cfg.with_description is None else cfg.with_description,
+        "min_pixels": cfg.min_pixels,
+        "max_pixels": cfg.max_pixels,
+        "splits": report.get("splits"),
+        "processor_from": cfg.base_model,
+        "chat_template_sha256": None,
+    }
+
+
+def _mismatch(cfg: EvalConfig, what: str, trained: Any, given: Any) -> None:
+    if not cfg.allow_config_mismatch:
+        raise UserError(
+            f"{what} differs from the adapter's training ({trained!r} vs {given!r}); "
+            "drop the flag or pass --allow-config-mismatch"
+        )
+
+
+def select_samples(bench, settings: dict, cfg: EvalConfig):
+    """Benchmark rows to score (pandas), the split name, and whether train samples are included."""
+    df = bench.to_pandas()
+    splits = settings["splits"]
+    split = cfg.split or ("test" if splits else "all")
+    if split != "all":
+        if not splits:
+            raise UserError(f"--split {split} needs the split lists: pass --merged or --adapter-path")
+        keys = {tuple(int(x) for x in pair) for pair in splits.get(split, [])}
+        mask = [(int(p), int(c)) in keys for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)]
+        df = df[mask]
+    train_keys = {tuple(int(x) for x in p) for p in (splits or {}).get("train", [])}
+    includes_train = cfg.adapter_path is not None and any(
+        (int(p), int(c)) in train_keys for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)
+    )
+    if includes_train and not cfg.allow_train_samples:
+        raise UserError(
+            f"--split {split} includes samples this adapter trained on; "
+            "evaluate on test/val or pass --allow-train-samples (results are then flagged)"
+        )
+    if cfg.num_samples:
+        df = df.head(cfg.num_samples)
+    if df.empty:
+        raise UserError(f"no samples selected (split {split!r} of {settings['dataset_name']})")
+    return df, split, includes_train
+
+
+def sample_ids_hash(pids, cids) -> str:
+    pairs = sorted(f"{int(p)}:{int(c)}" for p, c in zip(pids, cids, strict=True))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
+
+
+def default_name(cfg: EvalConfig, settings: dict, split: str) -> str:
+    base = Path(cfg.adapter_path).name if cfg.adapter_path else "base_" + Path(settings["base_model"].rstrip("/")).name
+    tags = [base, split] + (["blank-images"] if cfg.blank_images else []) + (["simple-prompt"] if cfg.simple_prompt else [])
+    return re.sub(r"[^\w.-]+", "-", "_".join(tags))
+
+
+# ----------------------------------------------------------------------------- the recipe
+def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
+    """Score a student (adapter) or a base model on held-out samples; return the output folder."""
+    cfg = resolve(EvalConfig, config, overrides)
+
+    # 1. Settings and samples: the adapter's test ids by default, from the full benchmark.
+    settings = _run_settings(cfg)
+    from .data import load_benchmark
+
+    bench = load_benchmark(settings["dataset_name"], settings["config_name"], settings["dataset_split"])
+    df, split, includes_train = select_samples(bench, settings, cfg)
+    image_cols = image_columns(df.columns)
+    if image_cols is None:
+        raise UserError(f"benchmark {settings['dataset_name']} has no image columns; eval needs the views")
+    out_dir = Path(cfg.output_dir) / (cfg.name or default_name(cfg, settings, split))
+
+    from .scoring import classification_metrics, ground_truth_letters, parse_response
+
+    truth = ground_truth_letters(df[label_column(df.columns)].tolist())
+    rows = df.to_dict("records")
+    prompts = [build_prompt(r, with_description=settings["with_description"], simple=cfg.simple_prompt)
+               for r in rows]
+    images = [load_images(r, image_cols, blank=cfg.blank_images) for r in rows]
+
+    # 2. Model: base, plus the adapter; the processor (template, budget) as trained.
+    from .modeling import load_model, load_processor
+
+    processor, budget = load_processor(settings["processor_from"], min_pixels=settings["min_pixels"],
+                                       max_pixels=settings["max_pixels"])
+    if settings["chat_template_sha256"]:
+        got = hashlib.sha256((processor.chat_template or "").encode()).hexdigest()
+        if got != settings["chat_template_sha256"]:
+            _mismatch(cfg, "chat template", settings["chat_template_sha256"][:12], got[:12])
+    model = load_model(settings["base_model"], load_in_4bit=cfg.load_in_4bit)
+    if cfg.adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(cfg.adapter_path))
+
+    # 3. Generate, batched, with a progress bar.
+    import time
+
+    from rich.progress import Progress
+
+    t0 = time.time()
+    with Progress(disable=not cfg.progress, transient=True) as bar:
+        task = bar.add_task(f"eval {out_dir.name}", total=len(rows))
+        responses = generate_answers(model, processor, prompts, images, batch_size=cfg.batch_size,
+                                     max_new_tokens=cfg.max_new_tokens,
+                                     progress=lambda n: bar.advance(task, n))
+    seconds = time.time() - t0
+
+    # 4. Score: one parser (shared with merge); unparsed answers count as wrong.
+    parsed = [parse_response(r) for r in responses]
+    predicted = [letter for _, letter in parsed]
+    metrics = classification_metrics(truth, predicted, seed=cfg.seed)
+    import pandas as pd
+
+    preds = pd.DataFrame({
+        "proofread_root_id": df[ID_COLUMNS[0]].astype("int64").to_numpy(),
+        "current_root_id": df[ID_COLUMNS[1]].astype("int64").to_numpy(),
+        "species": df["species"].to_numpy() if "species" in df else None,
+        "ground_truth_letter": truth,
+        "predicted_letter": predicted,
+        "parsed": [p is not None for p in predicted],
+        "correct": [p == t for p, t in zip(predicted, truth, strict=True)],
+        "analysis": [a for a, _ in parsed],
+        "response": responses,
+    })
+    counts = pd.Series(truth).value_counts()
+    summary = {
+        "name": out_dir.name,
+        **metrics,
+        "majority_class_rate": float(counts.iloc[0] / len(truth)),
+        "sample_ids_hash": sample_ids_hash(preds["proofread_root_id"], preds["current_root_id"]),
+        "includes_train_samples": includes_train,
+        "model": settings["base_model"],
+        "adapter": str(cfg.adapter_path) if cfg.adapter_path else None,
+        "settings": {
+            "split": split, "dataset_name": settings["dataset_name"], "config_name": settings["config_name"],
+            "dataset_split": settings["dataset_split"], "blank_images": cfg.blank_images,
+            "simple_prompt": cfg.simple_prompt, "with_description": settings["with_description"],
+            "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "pixel_budget": budget,
+            "prompt_template_id": PROMPT_TEMPLATE_ID, "prompt_template_hash": prompt_template_hash(),
+        },
+        "generation_seconds": round(seconds, 2),
+        "samples_per_second": round(len(rows) / seconds, 3) if seconds else None,
+    }
+
+    # 5. Outputs, written whole or not at all.
+    from .data import atomic_write_text
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "predictions.csv", preds.to_csv(index=False))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1, default=_json_default))
+    plot_confusion(summary, out_dir / "confusion.png")
+    print_summary(summary)
+    return out_dir
+
+
+def _json_default(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    raise TypeError(type(o).__name__)
+
+
+def plot_confusion(summary: dict, path: Path) -> None:
+    """Confusion matrix as a PNG (rows: ground truth; columns: prediction, incl. unparsed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cm = summary["confusion_matrix"]
+    m = np.array(cm["matrix"])
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    ax.imshow(m, cmap="Blues")
+    ax.set_xticks(range(len(cm["predicted"])), cm["predicted"])
+    ax.set_yticks(range(len(cm["true"])), cm["true"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    for i in range(m.shape[0]):
+        for j in range(m.shape[1]):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center",
+                        color="white" if m[i, j] > m.max() / 2 else "black")
+    ax.set_title(f"{summary['name']}\naccuracy {summary['accuracy']:.3f} (n={summary['n']})", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    lo, hi = summary["accuracy_ci95"]
+    blo, bhi = summary["balanced_accuracy_ci95"]
+    t = Table(title=f"eval {summary['name']}")
+    for col in ("n", "accuracy (95% CI)", "balanced acc. (95% CI)", "unparsed"):
+        t.add_column(col)
+    t.add_row(str(summary["n"]), f"{summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
+              f"{summary['balanced_accuracy']:.3f} [{blo:.3f}, {bhi:.3f}]", f"{summary['unparsed_rate']:.3f}")
+    console = Console(stderr=True)
+    console.print(t)
+    if summary["includes_train_samples"]:
+        console.print("[bold red]warning: these samples include training samples of this adapter[/]")
+
+
+__all__ = ["evaluate", "generate_answers", "select_samples", "sample_name"]

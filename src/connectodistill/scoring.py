@@ -1,0 +1,211 @@
+"""Scoring, shared by merge (the teacher) and evaluation (the student).
+
+One parser decides what an answer is, so the teacher and the student are scored by the
+same rule:
+
+- ``parse_answer``: the text between the answer tags must be a single letter a-g once
+  the tags, whitespace and surrounding brackets/punctuation are stripped. Nothing is searched
+  inside sentences: "this is a soma" is not ``a``; "a or b" is ambiguous; both are unparsed.
+- ``parse_response``: a whole generated response -> (analysis, letter).
+- ``ground_truth_letters``: the dataset's exact description strings -> letters.
+- ``majority_vote``: the letter most responses agree on, and its share.
+- ``classification_metrics``: accuracy (unparsed counts wrong), balanced accuracy,
+  per-class precision/recall/F1, a confusion matrix with an "unparsed" column, and
+  bootstrap 95% intervals.
+
+Everything here is pure: no I/O, no global state. scikit-learn is imported inside
+``classification_metrics`` only (it costs a second at import).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .errors import UserError
+from .task import CLASSES, DESCRIPTION_TO_LETTER, LETTERS
+
+__all__ = [
+    "UNPARSED",
+    "classification_metrics",
+    "ground_truth_letters",
+    "majority_vote",
+    "parse_answer",
+    "parse_response",
+]
+
+# Column name used for answers that are not one of the seven letters.
+UNPARSED = "unparsed"
+
+_ANSWER_TAG = re.compile(r"<\s*/?\s*answer\s*>", re.IGNORECASE)
+_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+_ANALYSIS_BLOCK = re.compile(r"<analysis>(.*?)</analysis>", re.IGNORECASE | re.DOTALL)
+# Whitespace, brackets, quotes and punctuation that may surround a letter: "a)", "(B)",
+# "**c**", "'d'.", "[e]:"; stripped from both ends only, never from the middle.
+_SURROUNDING = " \t\r\n\f\v()[]{}<>.,;:!?\"'`*_~-"
+_LETTER_SET = frozenset(LETTERS)
+
+
+def parse_answer(text: object) -> str | None:
+    """The letter a-g that ``text`` (an answer, tags optional) consists of, or None.
+
+    >>> parse_answer("<answer> (B) </answer>"), parse_answer("a or b"), parse_answer("this is a soma")
+    ('b', None, None)
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    s = _ANSWER_TAG.sub("", str(text)).strip(_SURROUNDING).lower()
+    return s if s in _LETTER_SET else None
+
+
+def parse_response(text: object) -> tuple[str | None, str | None]:
+    """(analysis, letter) of a full generated response.
+
+    The analysis is the stripped text inside the last ``<analysis>...</analysis>`` (None
+    without one); the letter is ``parse_answer`` of the last ``<answer>...</answer>`` (None
+    without answer tags, e.g. when generation stopped before closing them).
+    """
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None, None
+    text = str(text)
+    analyses = _ANALYSIS_BLOCK.findall(text)
+    answers = _ANSWER_BLOCK.findall(text)
+    analysis = analyses[-1].strip() if analyses else None
+    letter = parse_answer(answers[-1]) if answers else None
+    return analysis, letter
+
+
+def ground_truth_letters(values: Iterable[object]) -> list[str]:
+    """Letters of ground-truth description strings (exact match to ``task.CLASSES``).
+
+    An unknown value is the user's data, not ours: UserError naming it.
+    """
+    out: list[str] = []
+    for i, v in enumerate(values):
+        letter = DESCRIPTION_TO_LETTER.get(v) if isinstance(v, str) else None
+        if letter is None:
+            known = "; ".join(f"{k}={d!r}" for k, d in CLASSES.items())
+            raise UserError(
+                f"unknown ground-truth label {v!r} (row {i}); expected one of the seven "
+                f"ConnectomeBench descriptions exactly: {known}"
+            )
+        out.append(letter)
+    return out
+
+
+def majority_vote(letters: Sequence[str | None]) -> tuple[str | None, float]:
+    """(most frequent parsed letter, its votes / number of responses incl. unparsed).
+
+    Ties go to the letter that appeared first; with no parsed letter: (None, 0.0).
+    """
+    counts: dict[str, int] = {}
+    for x in letters:  # dicts keep insertion order = first appearance
+        if x is not None:
+            counts[x] = counts.get(x, 0) + 1
+    if not counts:
+        return None, 0.0
+    best = max(counts, key=counts.__getitem__)  # max keeps the first of equal counts
+    return best, counts[best] / len(letters)
+
+
+def _codes(y_true: Sequence[str], y_pred: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes: letters 0..6; predictions that are not a letter -> 7 (unparsed)."""
+    index = {letter: i for i, letter in enumerate(LETTERS)}
+    try:
+        t = np.fromiter((index[x] for x in y_true), dtype=np.int64, count=len(y_true))
+    except KeyError as e:
+        raise UserError(f"unknown ground-truth letter {e.args[0]!r}; expected one of {', '.join(LETTERS)}") from None
+    p = np.fromiter((index.get(x, 7) if isinstance(x, str) else 7 for x in y_pred),
+                    dtype=np.int64, count=len(y_pred))
+    return t, p
+
+
+def _balanced(correct_per_class: np.ndarray, support: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes with support, along the last axis."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = correct_per_class / support
+    present = support > 0
+    return np.where(present, recall, 0.0).sum(-1) / np.maximum(present.sum(-1), 1)
+
+
+def _bootstrap(t: np.ndarray, correct: np.ndarray, n_bootstrap: int, seed: int) -> dict:
+    """Percentile 95% intervals of accuracy and balanced accuracy over resampled rows."""
+    n, k = len(t), len(LETTERS)
+    rng = np.random.default_rng(seed)
+    acc = np.empty(n_bootstrap)
+    bal = np.empty(n_bootstrap)
+    chunk = max(1, 4_000_000 // n)  # bounded memory: chunk * n indices at a time
+    for start in range(0, n_bootstrap, chunk):
+        b = min(chunk, n_bootstrap - start)
+        idx = rng.integers(0, n, size=(b, n))
+        c = correct[idx]
+        acc[start:start + b] = c.mean(1)
+        # per-resample class counts in one bincount: offset each resample's codes by k
+        flat = (t[idx] + k * np.arange(b)[:, None]).ravel()
+        support = np.bincount(flat, minlength=b * k).reshape(b, k)
+        hits = np.bincount(flat, weights=c.ravel(), minlength=b * k).reshape(b, k)
+        bal[start:start + b] = _balanced(hits, support)
+    return {
+        "accuracy_ci": [float(np.percentile(acc, 2.5)), float(np.percentile(acc, 97.5))],
+        "balanced_accuracy_ci": [float(np.percentile(bal, 2.5)), float(np.percentile(bal, 97.5))],
+    }
+
+
+def classification_metrics(
+    y_true: Sequence[str],
+    y_pred: Sequence[str | None],
+    *,
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict:
+    """Metrics of letter predictions against ground-truth letters (JSON-ready dict).
+
+    Keys: ``n``, ``accuracy`` (an unparsed prediction counts wrong), ``unparsed_rate``,
+    ``balanced_accuracy`` (mean recall over the classes present in ``y_true``),
+    ``per_class`` ({letter: {precision, recall, f1, support}} for all seven letters),
+    ``confusion`` ({"rows": letters (true), "columns": letters + ["unparsed"] (predicted),
+    "matrix": counts}), ``accuracy_ci`` and ``balanced_accuracy_ci`` (percentile 95%
+    bootstrap intervals over ``n_bootstrap`` resamples of the rows, seeded; None when
+    ``n_bootstrap`` is 0 or there are no rows). With no rows the rates are None.
+    """
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
+    t, p = _codes(y_true, y_pred)
+    n = len(t)
+    labels = list(range(len(LETTERS) + 1))
+    columns = [*LETTERS, UNPARSED]
+    if n == 0:
+        return {
+            "n": 0, "accuracy": None, "unparsed_rate": None, "balanced_accuracy": None,
+            "per_class": {x: {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0} for x in LETTERS},
+            "confusion": {"rows": list(LETTERS), "columns": columns,
+                          "matrix": [[0] * len(columns) for _ in LETTERS]},
+            "accuracy_ci": None, "balanced_accuracy_ci": None,
+        }
+    cm = confusion_matrix(t, p, labels=labels)[: len(LETTERS)]
+    precision, recall, f1, support = precision_recall_fscore_support(
+        t, p, labels=labels[: len(LETTERS)], zero_division=0
+    )
+    correct = (t == p).astype(np.float64)
+    out = {
+        "n": n,
+        "accuracy": float(correct.mean()),
+        "unparsed_rate": float((p == len(LETTERS)).mean()),
+        "balanced_accuracy": float(_balanced(np.diag(cm[:, : len(LETTERS)]), cm.sum(1))),
+        "per_class": {
+            x: {"precision": float(precision[i]), "recall": float(recall[i]),
+                "f1": float(f1[i]), "support": int(support[i])}
+            for i, x in enumerate(LETTERS)
+        },
+        "confusion": {"rows": list(LETTERS), "columns": columns, "matrix": cm.tolist()},
+        "accuracy_ci": None,
+        "balanced_accuracy_ci": None,
+    }
+    if n_bootstrap > 0:
+        out.update(_bootstrap(t, correct, n_bootstrap, seed))
+    return out

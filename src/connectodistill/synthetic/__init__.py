@@ -1,0 +1,14 @@
+"""The offline kit: everything needed to run the pipeline without the Hub or a GPU.
+
+- ``make_tiny_student(path, kind="qwen3-vl")``: a tiny randomly-initialised Qwen-VL on disk.
+- ``make_benchmark(path, n=...)``: a ConnectomeBench-like parquet whose images show the class.
+- ``make_teacher_csvs(benchmark_path, out_dir, k=5, accuracy=0.85)``: teacher CSVs in the
+  real format, with realistic defects.
+
+See docs/offline-kit.md.
+"""
+
+from .benchmark import ANALYSIS_PHRASES, make_benchmark, make_teacher_csvs
+from .student import make_tiny_student
+
+__all__ = ["ANALYSIS_PHRASES", "make_benchmark", "make_teacher_csvs", "make_tiny_student"]

@@ -1,0 +1,381 @@
+"""Tiny randomly-initialised Qwen-VL students that load with the ordinary ``from_pretrained``.
+
+``make_tiny_student(path, kind)`` writes a complete model folder (config, safetensors weights,
+byte-level BPE tokenizer, ChatML chat template, image/video processor, processor, generation
+config), so that ``AutoModelForImageTextToText``, ``AutoProcessor`` and ``AutoTokenizer`` load it
+from the local path exactly as they load ``Qwen/Qwen3-VL-8B-Instruct`` from the Hub. It takes
+about a second and a few MB; the whole pipeline (train, evaluate, report) runs on it on a CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import UserError
+
+KINDS: tuple[str, ...] = ("qwen3-vl", "qwen2.5-vl", "qwen2-vl")
+
+# Qwen's special tokens, in Qwen's own order (they follow the BPE vocabulary, as in Qwen).
+SPECIAL_TOKENS: tuple[str, ...] = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+EOS_TOKEN = "<|im_end|>"
+PAD_TOKEN = "<|endoftext|>"
+
+# ChatML like Qwen's, without a default system prompt, so that a conversation renders the same
+# way at train and eval time. Every tag trims its whitespace and newlines are written as string
+# literals: nothing depends on how Jinja treats the line breaks of this source. The assistant
+# turn (content + <|im_end|>) sits inside {% generation %} for return_assistant_tokens_mask.
+CHAT_TEMPLATE = (
+    "{%- macro render(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- else -%}{%- for item in content -%}"
+    "{%- if item['type'] == 'image' or 'image' in item or 'image_url' in item -%}"
+    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
+    "{%- elif item['type'] == 'video' or 'video' in item -%}"
+    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
+    "{%- elif 'text' in item -%}{{- item['text'] -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- render(message['content']) + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- else -%}"
+    "{{- render(message['content']) + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
+
+_ENGLISH = """The quick brown fox jumps over the lazy dog. This is a short sample of plain English text
+so that a tiny tokenizer knows common words: the, a, an, of, to, in, and, or, is, are, was, were,
+it, this, that, these, those, with, from, by, for, on, at, as, not, no, yes, one, two, three,
+image, images, view, views, shows, show, shown, see, seen, looks, look, like, large, small,
+round, thin, long, short, dark, bright, left, right, top, bottom, front, side, center, edge,
+structure, object, cell, cells, body, bodies, branch, branches, branching, process, processes,
+segment, segments, neuron, neurons, axon, axons, dendrite, dendrites, soma, somas, nucleus,
+glia, glial, vessel, vessels, blood, irregular, smooth, several, multiple, single, only, more,
+than, which, what, there, here, appears, appear, visible, clearly, likely, probably, therefore,
+because, however, answer, analysis, describe, choice, letter, best, describes, none, above, unsure.
+"""
+
+
+def make_tiny_student(
+    path: str | Path,
+    kind: str = "qwen3-vl",
+    *,
+    image_size: int = 64,
+    text_hidden: int = 128,
+    text_layers: int = 2,
+    vision_hidden: int = 64,
+    vision_depth: int = 2,
+    seed: int = 0,
+) -> Path:
+    """Build and save a tiny randomly-initialised Qwen-VL model folder at ``path``; return it.
+
+    ``kind`` is ``"qwen3-vl"``, ``"qwen2.5-vl"`` or ``"qwen2-vl"``. The image processor's pixel
+    budget is pinned around ``side**2``, ``side = round(image_size / factor) * factor``, so that
+    every square view, whatever its resolution, becomes ``(side / factor)**2`` visual tokens
+    (factor 32 for Qwen3-VL, 28 for Qwen2/2.5-VL; 4 tokens at 64 px; for Qwen3-VL at 64 px
+    min = max = 4096 pixels). Same arguments and ``seed`` give identical weights.
+    """
+    import torch
+
+    kind = str(kind).lower()
+    if kind not in KINDS:
+        raise UserError(f"unknown student kind {kind!r}; choose one of {', '.join(KINDS)}")
+    for name, value in (("image_size", image_size), ("text_hidden", text_hidden),
+                        ("text_layers", text_layers), ("vision_hidden", vision_hidden),
+                        ("vision_depth", vision_depth)):
+        if int(value) < 1:
+            raise UserError(f"make_tiny_student: {name} must be a positive integer, got {value}")
+    if text_hidden % 32 or vision_hidden % 16:
+        raise UserError(
+            "make_tiny_student: text_hidden must be a multiple of 32 and vision_hidden of 16 "
+            f"(got {text_hidden}, {vision_hidden})"
+        )
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+
+    tokenizer = _build_tokenizer()
+    patch = 16 if kind == "qwen3-vl" else 14
+    merge = 2
+    factor = patch * merge
+    side = max(1, round(image_size / factor)) * factor  # what a square view is resized to
+    min_pixels, max_pixels = _pixel_budget(side, factor)
+    processor = _build_processor(kind, tokenizer, patch=patch, merge=merge,
+                                 min_pixels=min_pixels, max_pixels=max_pixels)
+
+    config = _build_config(
+        kind, tokenizer, text_hidden=text_hidden, text_layers=text_layers,
+        vision_hidden=vision_hidden, vision_depth=vision_depth, patch=patch, merge=merge,
+    )
+    model_cls = _model_class(kind)
+    cpu_rng = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            model = model_cls(config).to(torch.float32).eval()
+            # The default init (std 0.02) gives a frozen lm_head rows of norm ~0.2: with RMS-normed
+            # hidden states no logit margin can pass ~2.5, so LoRA on the decoder alone stalls at a
+            # loss of ~4-5 although greedy decoding is already right. Rows of norm ~1 (std
+            # 1/sqrt(hidden)) let the loss fall as on a real model, logits start at std ~1.
+            torch.nn.init.normal_(model.lm_head.weight, mean=0.0, std=text_hidden**-0.5)
+    finally:
+        torch.random.set_rng_state(cpu_rng)
+
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS_TOKEN),
+        pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN),
+        do_sample=False,
+    )
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _corpus() -> list[str]:
+    from ..conversation import tokenizer_corpus
+
+    try:
+        from .benchmark import ANALYSIS_PHRASES
+    except ImportError:  # the benchmark module is optional for the student
+        ANALYSIS_PHRASES = {}
+    texts = list(tokenizer_corpus())
+    for phrases in dict(ANALYSIS_PHRASES).values():
+        if isinstance(phrases, str):
+            texts.append(phrases)
+        else:
+            texts.extend(str(p) for p in phrases)
+    texts += _ENGLISH.split("\n")
+    # repeat the task text so its words win merges over the one-off English words
+    return texts * 3 + [_ENGLISH]
+
+
+def _build_tokenizer(vocab_size: int = 1536):
+    """A byte-level BPE (Qwen's pre-tokenizer) trained on the task text, as a Qwen2Tokenizer."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    bpe = Tokenizer(models.BPE())
+    bpe.normalizer = normalizers.NFC()
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_corpus(), trainer=trainer)
+    vocab = dict(bpe.get_vocab())
+    import json
+
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m)
+              for m in json.loads(bpe.to_str())["model"]["merges"]]
+    for token in SPECIAL_TOKENS:
+        vocab[token] = len(vocab)
+
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=None,
+        bos_token=None,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (EOS_TOKEN, PAD_TOKEN)],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+        errors="replace",
+        split_special_tokens=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- processor
+
+
+def _pixel_budget(side: int, factor: int) -> tuple[int, int]:
+    """(min_pixels, max_pixels) that resize every square view to exactly ``side`` x ``side``.
+
+    ``side**2`` for both when transformers' ``smart_resize`` lands exactly on it for every
+    square size (true for Qwen3-VL at 64 or 128 px); otherwise a band of half a factor either
+    side, because ``smart_resize`` floors/ceils ``h / sqrt(h*h / max_pixels) / factor`` in
+    floating point, and e.g. min = max = 56*56 turns many view sizes into 1 or 9 tokens.
+    """
+    try:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+    except ImportError:  # pragma: no cover - moved in a future transformers
+        smart_resize = None
+    exact = (side * side, side * side)
+    if smart_resize is not None and all(
+        smart_resize(h, h, factor, *exact) == (side, side) for h in range(8, 2049)
+    ):
+        return exact
+    return (side - factor // 2) ** 2, (side + factor // 2) ** 2
+
+
+def _build_processor(kind: str, tokenizer, *, patch: int, merge: int, min_pixels: int,
+                     max_pixels: int):
+    from transformers import Qwen2VLImageProcessor
+
+    size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    image_processor = Qwen2VLImageProcessor(
+        size=size, patch_size=patch, merge_size=merge, temporal_patch_size=2,
+    )
+    if kind == "qwen3-vl":
+        from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+        video = Qwen3VLVideoProcessor(size=size, patch_size=patch, merge_size=merge,
+                                      temporal_patch_size=2)
+        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                video_processor=video, chat_template=CHAT_TEMPLATE)
+    from transformers import Qwen2VLVideoProcessor
+
+    video = Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=merge,
+                                  temporal_patch_size=2)
+    if kind == "qwen2.5-vl":
+        from transformers import Qwen2_5_VLProcessor as processor_cls
+    else:
+        from transformers import Qwen2VLProcessor as processor_cls
+    return processor_cls(image_processor=image_processor, tokenizer=tokenizer,
+                         video_processor=video, chat_template=CHAT_TEMPLATE)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _model_class(kind: str):
+    import transformers
+
+    return {
+        "qwen3-vl": transformers.Qwen3VLForConditionalGeneration,
+        "qwen2.5-vl": transformers.Qwen2_5_VLForConditionalGeneration,
+        "qwen2-vl": transformers.Qwen2VLForConditionalGeneration,
+    }[kind]
+
+
+def _mrope_section(head_dim: int, kind: str) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width) like the real models."""
+    half = head_dim // 2
+    # real: Qwen3-VL [24, 20, 20] of 64; Qwen2/2.5-VL [16, 24, 24] of 64
+    ratios = (24, 20, 20) if kind == "qwen3-vl" else (16, 24, 24)
+    hw = [math.floor(half * r / 64) for r in ratios[1:]]
+    return [half - sum(hw), *hw]
+
+
+def _build_config(kind, tokenizer, *, text_hidden, text_layers, vision_hidden, vision_depth,
+                  patch, merge):
+    import transformers
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    vocab_size = int(math.ceil(len(tokenizer) / 64) * 64)
+    heads = max(1, text_hidden // 32)  # head_dim 32
+    kv_heads = heads // 2 if heads % 2 == 0 else heads
+    head_dim = text_hidden // heads
+    vision_heads = max(1, vision_hidden // 16)
+    rope = {
+        "rope_type": "default",
+        "rope_theta": 5_000_000.0 if kind == "qwen3-vl" else 1_000_000.0,
+        "mrope_section": _mrope_section(head_dim, kind),
+    }
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=text_hidden,
+        intermediate_size=text_hidden * 2,
+        num_hidden_layers=text_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=ids[EOS_TOKEN],
+        pad_token_id=ids[PAD_TOKEN],
+        dtype="float32",
+    )
+    token_ids = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    if kind == "qwen3-vl":
+        rope["mrope_interleaved"] = True
+        text.update(head_dim=head_dim, rope_parameters=rope)
+        vision = dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=vision_heads,
+            patch_size=patch,
+            spatial_merge_size=merge,
+            temporal_patch_size=2,
+            out_hidden_size=text_hidden,
+            num_position_embeddings=16 * 16,  # a perfect square: a 16x16 grid of patches
+            deepstack_visual_indexes=[0] if vision_depth > 1 else [],
+        )
+        config = transformers.Qwen3VLConfig(text_config=text, vision_config=vision, **token_ids,
+                                            tie_word_embeddings=False)
+    elif kind == "qwen2.5-vl":
+        text.update(rope_parameters=rope)
+        vision = dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden,
+            intermediate_size=vision_hidden * 2,
+            num_heads=vision_heads,
+            patch_size=patch,
+            spatial_merge_size=merge,
+            temporal_patch_size=2,
+            out_hidden_size=text_hidden,
+            window_size=patch * merge * 4,  # 4x4 merged tokens per attention window
+            fullatt_block_indexes=[vision_depth - 1],
+        )
+        config = transformers.Qwen2_5_VLConfig(text_config=text, vision_config=vision,
+                                               **token_ids, tie_word_embeddings=False)
+    else:
+        text.update(rope_parameters=rope)
+        vision = dict(
+            depth=vision_depth,
+            embed_dim=vision_hidden,
+            hidden_size=text_hidden,
+            mlp_ratio=2,
+            num_heads=vision_heads,
+            patch_size=patch,
+            spatial_merge_size=merge,
+            temporal_patch_size=2,
+        )
+        config = transformers.Qwen2VLConfig(text_config=text, vision_config=vision, **token_ids,
+                                            tie_word_embeddings=False)
+    config.bos_token_id = None
+    config.eos_token_id = ids[EOS_TOKEN]
+    config.pad_token_id = ids[PAD_TOKEN]
+    config.dtype = "float32"
+    return config

@@ -1,0 +1,456 @@
+"""LoRA fine-tuning of the Qwen-VL student on merge's train rows (the `train` recipe).
+
+Read top to bottom: resolve the config, pick the train/val rows from the merged parquet's
+split lists, build conversations, load the student with LoRA, let the transformers Trainer
+run the loop, save a plain peft adapter plus everything evaluation needs to reproduce the
+exact prompt, template and pixel budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .config import TrainConfig, resolve
+from .conversation import (
+    PROMPT_TEMPLATE_ID,
+    build_messages,
+    build_prompt,
+    load_images,
+    prompt_template_hash,
+    target_text,
+)
+from .errors import UserError
+from .task import ID_COLUMNS, image_columns, label_column
+
+REQUIRED_COLUMNS = (*ID_COLUMNS, "split", "teacher_analysis", "teacher_correct")
+RUN_CONFIG = "training_config.json"
+IGNORE_INDEX = -100
+
+
+# ----------------------------------------------------------------------------- examples
+@dataclass
+class Example:
+    """One training conversation: the row (for its images), the prompt and the target text."""
+
+    row: dict
+    prompt: str
+    target: str
+    key: tuple[int, int]
+
+
+def pick_rows(df, splits: dict[str, list], split: str):
+    """Rows of ``df`` whose (proofread_root_id, current_root_id) is in merge's ``split`` list."""
+    keys = {tuple(int(x) for x in pair) for pair in splits.get(split, [])}
+    mask = [
+        (int(p), int(c)) in keys
+        for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)
+    ]
+    return df[mask]
+
+
+def build_examples(df, *, target: str, fill_missing: bool, with_description: bool):
+    """Conversations for the rows of ``df``; returns (examples, rows skipped for lack of analysis)."""
+    from .scoring import ground_truth_letters
+
+    gt = ground_truth_letters(df[label_column(df.columns)].tolist())
+    examples, skipped = [], 0
+    for row, letter in zip(df.to_dict("records"), gt, strict=True):
+        if target == "teacher":
+            analysis = row.get("teacher_analysis")
+            has_teacher = _is_true(row.get("teacher_correct")) and isinstance(analysis, str) and analysis
+            if not has_teacher:
+                if not fill_missing:
+                    skipped += 1
+                    continue
+                analysis = None  # templated rationale from the ground truth
+        else:  # ground-truth mode: the original scripts' templated answers
+            analysis = None
+        examples.append(
+            Example(
+                row=row,
+                prompt=build_prompt(row, with_description=with_description),
+                target=target_text(letter, analysis),
+                key=(int(row[ID_COLUMNS[0]]), int(row[ID_COLUMNS[1]])),
+            )
+        )
+    return examples, skipped
+
+
+def _is_true(value) -> bool:
+    """True for True / numpy True; False for False, None, NaN and pandas NA."""
+    return type(value).__name__ in ("bool", "bool_") and bool(value)
+
+
+# ----------------------------------------------------------------------------- collator
+class DistillCollator:
+    """Examples -> model inputs with labels only on the assistant answer and its end token.
+
+    The prompt is rendered with the generation prompt and run through the processor with the
+    images (so image tokens are expanded exactly as at eval time); the answer is tokenized
+    on its own and appended. Labels are -100 on the prompt, the images and the padding.
+    Image tokens are never truncated: an over-long sample is an error.
+    """
+
+    def __init__(self, processor, image_cols: tuple[str, ...], max_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_cols = image_cols
+        self.max_length = max_length
+        self.end_token = "<|im_end|>"
+        self.end_id = self.tokenizer.convert_tokens_to_ids(self.end_token)
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def encode(self, ex: Example) -> dict:
+        import torch
+
+        tmpl = self.processor.apply_chat_template
+        prompt_text = tmpl(build_messages(ex.prompt), add_generation_prompt=True, tokenize=False)
+        full_text = tmpl(build_messages(ex.prompt, ex.target), tokenize=False)
+        # The label boundary relies on the template rendering the prompt as a strict prefix.
+        if not full_text.startswith(prompt_text + ex.target + self.end_token):
+            raise UserError(
+                "the model's chat template does not render the prompt as a prefix of the "
+                "conversation; cannot place the loss mask safely"
+            )
+        images = load_images(ex.row, self.image_cols)
+        enc = self.processor(text=[prompt_text], images=images, return_tensors="pt")
+        answer = self.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [self.end_id]
+        n_prompt = enc["input_ids"].shape[1]
+        out = {}
+        for k, v in enc.items():
+            if torch.is_tensor(v) and v.dim() == 2 and v.shape == enc["input_ids"].shape:
+                extra = {"input_ids": answer, "attention_mask": [1] * len(answer)}.get(k, [0] * len(answer))
+                out[k] = torch.cat([v[0], torch.tensor(extra, dtype=v.dtype)])
+            else:
+                out[k] = v
+        out["labels"] = torch.cat(
+            [torch.full((n_prompt,), IGNORE_INDEX), torch.tensor(answer)]
+        )
+        if self.max_length and out["input_ids"].shape[0] > self.max_length:
+            raise UserError(
+                f"sample {ex.key[0]}/{ex.key[1]} needs {out['input_ids'].shape[0]} tokens "
+                f"({n_prompt} prompt incl. images + {len(answer)} answer) > max_length "
+                f"{self.max_length}; lower --max-pixels or raise max_length"
+            )
+        return out
+
+    def __call__(self, examples: list[Example]) -> dict:
+        import torch
+
+        encoded = [self.encode(ex) for ex in examples]
+        width = max(e["input_ids"].shape[0] for e in encoded)
+        batch: dict[str, Any] = {}
+        for k in encoded[0]:
+            vals = [e[k] for e in encoded]
+            if vals[0].dim() == 1:  # per-token: right-pad to the batch width
+                fill = {"input_ids": self.pad_id, "labels": IGNORE_INDEX}.get(k, 0)
+                batch[k] = torch.stack(
+                    [torch.cat([v, torch.full((width - len(v),), fill, dtype=v.dtype)]) for v in vals]
+                )
+            else:  # pixel_values / image_grid_thw: concatenated over all images of the batch
+                batch[k] = torch.cat(vals, dim=0)
+        if not (batch["labels"] != IGNORE_INDEX).any():
+            raise ValueError("batch has no label tokens: the loss would be NaN")
+        return batch
+
+
+# ----------------------------------------------------------------------------- run folder
+def run_folder_name(cfg: TrainConfig, teacher_models: list[str], n_train: int) -> str:
+    """Like the original scripts: model, run name, teacher tag, timestamp, samples, epochs, lr, rank."""
+    model_short = Path(cfg.model.rstrip("/")).name
+    teacher = "gt" if cfg.target == "ground-truth" else _teacher_tag(teacher_models)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    samples = cfg.num_samples if cfg.num_samples else "all"
+    parts = [model_short, cfg.run_name, teacher, stamp, f"samples{samples}",
+             f"epochs{cfg.epochs:g}", f"lr{cfg.learning_rate:g}", f"r{cfg.lora_r}"]
+    return "_".join(re.sub(r"[^\w.-]+", "-", str(p)) for p in parts if p)
+
+
+def _teacher_tag(models: list[str]) -> str:
+    names = {m.lower() for m in models if m}
+    if names and all("claude" in m for m in names):
+        return "claude"
+    return names.pop().split("-")[0] if len(names) == 1 else "teacher"
+
+
+def find_resume_dir(cfg: TrainConfig) -> Path:
+    """The run folder to continue: ``run_dir`` if given, else the newest matching one."""
+    if cfg.run_dir is not None:
+        return Path(cfg.run_dir)
+    runs = sorted(
+        (p for p in Path(cfg.output_dir).glob("*") if (p / "checkpoints").is_dir()
+         and (cfg.run_name is None or f"_{cfg.run_name}_" in p.name)),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if not runs:
+        raise UserError(
+            f"--resume: no run folder with checkpoints under {cfg.output_dir}"
+            + (f" named *_{cfg.run_name}_*" if cfg.run_name else "")
+            + "; pass --run-dir or train without --resume"
+        )
+    return runs[-1]
+
+
+def last_checkpoint(run_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpts = run_dir / "checkpoints"
+    return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("connectodistill", "torch", "transformers", "peft", "accelerate", "datasets"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _shared_run_dir(local: Path) -> Path:
+    """Under several processes (accelerate), every rank must use rank 0's folder name."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return local
+    box = [str(local)]
+    broadcast_object_list(box, from_process=0)
+    return Path(box[0])
+
+
+# ----------------------------------------------------------------------------- the recipe
+def train(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
+    """Fine-tune the student with LoRA; return the run folder (adapter + training_config.json).
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (the Modal layer uses one
+    to commit checkpoints to its volume).
+    """
+    cfg = resolve(TrainConfig, config, overrides)
+    t_start = time.time()
+
+    # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,
+    #    which may be filtered. Test rows are never read into the training set.
+    from .data import read_merged
+
+    merged_path = Path(cfg.augmented_dataset)
+    if not merged_path.is_file():
+        raise UserError(f"merged dataset not found: {merged_path} (run `connectodistill merge` first)")
+    table, merge_report = read_merged(merged_path)
+    df = table.to_pandas()
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if label_column(df.columns) is None:
+        missing.append("ground_truth/class_description")
+    if missing:
+        raise UserError(f"{merged_path}: missing column(s) {', '.join(missing)}; is it merge's output?")
+    image_cols = image_columns(df.columns)
+    if image_cols is None:
+        raise UserError(f"{merged_path}: no image columns (option_1_front_image/_path ...); training needs the views")
+    splits = merge_report.get("splits")
+    if not splits:
+        raise UserError(f"{merged_path}: no split lists in the parquet metadata; re-run merge")
+
+    train_df = pick_rows(df, splits, "train")
+    val_df = pick_rows(df, splits, "val")
+    with_description = cfg.with_description
+    if with_description is None:  # follow the teacher: guidance on when its prompt had it
+        flags = train_df["teacher_with_description"].dropna() if "teacher_with_description" in train_df else []
+        with_description = bool(len(flags) == 0 or flags.astype(bool).mean() >= 0.5)
+    train_ex, skipped = build_examples(train_df, target=cfg.target, fill_missing=cfg.fill_missing,
+                                       with_description=with_description)
+    val_ex, _ = build_examples(val_df, target=cfg.target, fill_missing=cfg.fill_missing,
+                               with_description=with_description)
+    if cfg.num_samples:
+        train_ex = train_ex[: cfg.num_samples]
+    if not train_ex:
+        raise UserError(
+            f"{merged_path}: no training rows ({len(train_df)} train-split rows, {skipped} without a "
+            "correct teacher analysis); use --fill-missing or --target ground-truth"
+        )
+    test_keys = {tuple(p) for p in splits.get("test", [])}
+    assert not any(ex.key in test_keys for ex in train_ex + val_ex), "test sample in training data"
+
+    # 2. Student: processor with the pixel budget, base model, LoRA on the language model.
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from .modeling import add_lora, load_model, load_processor
+
+    processor, budget = load_processor(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
+    model = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit)
+    cuda = torch.cuda.is_available()
+    gradient_checkpointing = cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                     tune_vision=cfg.tune_vision, gradient_checkpointing=gradient_checkpointing)
+    collator = DistillCollator(processor, image_cols, cfg.max_length)
+
+    # 3. Run folder (fixed when resuming) and the Trainer.
+    teacher_models = sorted({m for m in df.get("teacher_model", []) if isinstance(m, str)})
+    if cfg.resume:
+        run_dir = find_resume_dir(cfg)
+    elif cfg.run_dir is not None:
+        run_dir = Path(cfg.run_dir)
+    else:
+        run_dir = Path(cfg.output_dir) / run_folder_name(cfg, teacher_models, len(train_ex))
+    run_dir = _shared_run_dir(run_dir)
+    resume_from = last_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise UserError(f"--resume: {run_dir} has no checkpoint to continue from")
+
+    has_val = bool(val_ex) and cfg.select_by != "last"
+    metric = {"val_loss": "eval_loss", "val_accuracy": "eval_val_accuracy"}.get(cfg.select_by)
+    if cfg.use_wandb:
+        os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate,
+        warmup_steps=cfg.warmup_steps,
+        lr_scheduler_type="linear",
+        weight_decay=cfg.weight_decay,
+        bf16=bf16,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="epoch" if has_val else "no",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=has_val,
+        metric_for_best_model=metric if has_val else None,
+        greater_is_better=cfg.select_by == "val_accuracy" if has_val else None,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        report_to=["wandb"] if cfg.use_wandb else [],
+        run_name=run_dir.name,
+        seed=cfg.seed,
+        remove_unused_columns=False,  # the collator needs the raw examples
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        disable_tqdm=not cfg.progress,
+        ddp_find_unused_parameters=False,
+    )
+    trainer = DistillTrainer(
+        model=model, args=args, train_dataset=train_ex, eval_dataset=val_ex if has_val else None,
+        data_collator=collator, callbacks=callbacks or [],
+        val_accuracy=(processor, cfg.max_new_tokens) if cfg.select_by == "val_accuracy" else None,
+    )
+    t_train = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.time() - t_train
+
+    # 4. Save: plain peft adapter, the processor (chat template + pixel budget), the settings.
+    if trainer.is_world_process_zero():
+        model.save_pretrained(run_dir)
+        processor.save_pretrained(run_dir)
+        history = trainer.state.log_history
+        (run_dir / "loss_history.json").write_text(json.dumps(history, indent=1))
+        run_config = {
+            "settings": cfg.model_dump(mode="json"),
+            "base_model": cfg.model,
+            "model_kind": _kind(model),
+            "merged_file": str(merged_path),
+            "merged_sha256": sha256_file(merged_path),
+            "dataset_name": merge_report.get("dataset_name"),
+            "config_name": merge_report.get("config_name"),
+            "dataset_split": merge_report.get("dataset_split"),
+            "teacher_models": teacher_models,
+            "rows": {"train_examples": len(train_ex), "val_examples": len(val_ex),
+                     "skipped_without_analysis": skipped, "train_split_rows": len(train_df)},
+            "prompt_template_id": PROMPT_TEMPLATE_ID,
+            "prompt_template_hash": prompt_template_hash(),
+            "with_description": with_description,
+            "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode()).hexdigest(),
+            "pixel_budget": budget,
+            "image_columns": list(image_cols),
+            "select_by": cfg.select_by,
+            "best_checkpoint": trainer.state.best_model_checkpoint,
+            "best_metric": trainer.state.best_metric,
+            "global_step": trainer.state.global_step,
+            "resumed_from": resume_from,
+            "train_seconds": round(train_seconds, 2),
+            "splits": splits,
+            "library_versions": library_versions(),
+        }
+        (run_dir / RUN_CONFIG).write_text(json.dumps(run_config, indent=1))
+        _print_summary(run_dir, result, trainer, len(train_ex), train_seconds, time.time() - t_start)
+    return run_dir
+
+
+def _kind(model) -> str:
+    from .modeling import model_kind
+
+    return model_kind(model)
+
+
+def _print_summary(run_dir, result, trainer, n_train, train_seconds, total_seconds) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="train", show_header=False)
+    t.add_row("run folder", str(run_dir))
+    t.add_row("train examples", str(n_train))
+    t.add_row("optimizer steps", str(trainer.state.global_step))
+    t.add_row("train loss", f"{result.training_loss:.4f}")
+    t.add_row("samples/s", f"{result.metrics.get('train_samples_per_second', 0):.2f}")
+    if trainer.state.best_metric is not None:
+        t.add_row("best val metric", f"{trainer.state.best_metric:.4f}")
+    t.add_row("time", f"{train_seconds:.1f} s training, {total_seconds:.1f} s total")
+    Console(stderr=True).print(t)
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class _DistillTrainer(Trainer):
+        """Trainer that can also score greedy answers on the val rows (``select_by=val_accuracy``)."""
+
+        def __init__(self, *args, val_accuracy=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._val_accuracy = val_accuracy
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            if self._val_accuracy is not None and self.eval_dataset:
+                from .evaluation import generate_answers
+                from .scoring import parse_response
+
+                processor, max_new_tokens = self._val_accuracy
+                examples = self.eval_dataset
+                responses = generate_answers(
+                    self.model, processor, [ex.prompt for ex in examples],
+                    [load_images(ex.row, self.data_collator.image_cols) for ex in examples],
+                    batch_size=self.args.per_device_eval_batch_size, max_new_tokens=max_new_tokens,
+                )
+                truth = [re.search(r"<answer>(.)</answer>", ex.target).group(1) for ex in examples]
+                hits = [parse_response(r)[1] == t for r, t in zip(responses, truth, strict=True)]
+                metrics[f"{metric_key_prefix}_val_accuracy"] = sum(hits) / len(hits)
+                self.log({f"{metric_key_prefix}_val_accuracy": metrics[f"{metric_key_prefix}_val_accuracy"]})
+            return metrics
+
+    return _DistillTrainer
+
+
+def DistillTrainer(*args, **kwargs):  # noqa: N802 - a class built lazily (transformers import)
+    return _make_trainer_class()(*args, **kwargs)

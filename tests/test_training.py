@@ -1,0 +1,222 @@
+"""Training: the loss mask, images reaching the model, LoRA runs that save, reload and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from connectodistill.cli import app
+from connectodistill.conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
+from connectodistill.data import read_merged
+from connectodistill.errors import UserError
+from connectodistill.task import image_columns
+from connectodistill.training import IGNORE_INDEX, DistillCollator, build_examples, pick_rows, train
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_student):
+    from connectodistill.modeling import load_processor
+
+    return load_processor(str(tiny_student))[0]
+
+
+@pytest.fixture(scope="module")
+def examples(merged_small):
+    table, report = read_merged(merged_small)
+    df = pick_rows(table.to_pandas(), report["splits"], "train")
+    ex, _ = build_examples(df, target="teacher", fill_missing=False, with_description=True)
+    return ex, image_columns(df.columns)
+
+
+def test_labels_are_exactly_the_answer_and_end_token(processor, examples):
+    ex, cols = examples
+    # Two samples with different answer lengths, so one row is padded.
+    pair = sorted(ex, key=lambda e: len(e.target))
+    pair = [pair[0], pair[-1]]
+    batch = DistillCollator(processor, cols)(pair)
+    tok = processor.tokenizer
+    image_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    for i, e in enumerate(pair):
+        labels, ids = batch["labels"][i], batch["input_ids"][i]
+        assert tok.decode(labels[labels != IGNORE_INDEX]) == e.target + "<|im_end|>"
+        # Labelled positions carry exactly the input tokens there.
+        assert (labels[labels != IGNORE_INDEX] == ids[labels != IGNORE_INDEX]).all()
+        # Image tokens and padding are never labelled.
+        assert (labels[ids == image_id] == IGNORE_INDEX).all()
+        pad = batch["attention_mask"][i] == 0
+        assert (labels[pad] == IGNORE_INDEX).all()
+    assert (batch["attention_mask"] == 0).any()  # the shorter row was padded
+    assert "mm_token_type_ids" in batch
+    assert (batch["input_ids"] == image_id).sum() == batch["image_grid_thw"].prod(-1).sum() // 4
+
+
+def test_a_batch_without_labels_is_refused(processor, examples):
+    ex, cols = examples
+    col = DistillCollator(processor, cols)
+    enc = col.encode(ex[0])
+    enc["labels"][:] = IGNORE_INDEX
+    col.encode = lambda e: enc
+    with pytest.raises(ValueError, match="no label tokens"):
+        col([ex[0]])
+
+
+def test_overlong_sample_is_an_error_not_a_truncation(processor, examples):
+    ex, cols = examples
+    with pytest.raises(UserError, match="max_length 32"):
+        DistillCollator(processor, cols, max_length=32)([ex[0]])
+
+
+def test_images_reach_the_model(tiny_student, processor, examples):
+    import torch
+
+    from connectodistill.modeling import load_model
+
+    ex, cols = examples
+    model = load_model(str(tiny_student))
+    a = ex[0]
+    b_row = dict(a.row)
+    other = next(e for e in ex if e.row[cols[0]] != a.row[cols[0]])
+    for c in cols:  # same prompt and target, other images
+        b_row[c] = other.row[c]
+    b = type(a)(row=b_row, prompt=a.prompt, target=a.target, key=a.key)
+    col = DistillCollator(processor, cols)
+    with torch.no_grad():
+        la = model(**col([a])).loss.item()
+        lb = model(**col([b])).loss.item()
+    assert la != lb
+
+
+def test_run_folder_config_and_splits(trained_run, merged_small):
+    run = Path(trained_run)
+    assert "_fixture_claude_" in run.name and run.name.endswith("_epochs2_lr0.003_r16")
+    assert (run / "adapter_model.safetensors").is_file() and (run / "adapter_config.json").is_file()
+    cfg = json.loads((run / "training_config.json").read_text())
+    _, report = read_merged(merged_small)
+    assert cfg["splits"] == report["splits"]
+    assert cfg["prompt_template_id"] == PROMPT_TEMPLATE_ID
+    assert cfg["prompt_template_hash"] == prompt_template_hash()
+    assert len(cfg["merged_sha256"]) == 64 and len(cfg["chat_template_sha256"]) == 64
+    assert cfg["settings"]["lora_r"] == 16 and cfg["base_model"].endswith("qwen3-vl")
+    assert cfg["pixel_budget"] == {"min_pixels": 4096, "max_pixels": 4096}
+    assert cfg["teacher_models"] == ["claude-3-7-sonnet-20250219"]
+    assert cfg["rows"]["train_examples"] > 0
+    history = json.loads((run / "loss_history.json").read_text())
+    assert any("eval_loss" in h for h in history)
+    # No secret or token ever lands in the run config.
+    assert "HF_TOKEN" not in json.dumps(cfg) and "WANDB_API_KEY" not in json.dumps(cfg)
+
+
+def test_test_rows_never_reach_training(merged_small):
+    table, report = read_merged(merged_small)
+    df = table.to_pandas()
+    train_keys = {e.key for e in build_examples(pick_rows(df, report["splits"], "train"), target="teacher",
+                                                fill_missing=True, with_description=True)[0]}
+    test_keys = {tuple(p) for p in report["splits"]["test"]}
+    assert train_keys and test_keys and not train_keys & test_keys
+
+
+def test_adapter_reloads_to_identical_logits(trained_run, tiny_student, processor, examples):
+    import torch
+    from peft import PeftModel
+
+    from connectodistill.modeling import load_model
+
+    ex, cols = examples
+    batch = DistillCollator(processor, cols)(ex[:2])
+    m1 = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run)).eval()
+    m2 = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run)).eval()
+    base = load_model(str(tiny_student)).eval()
+    with torch.no_grad():
+        l1, l2, l0 = (m(**batch).logits for m in (m1, m2, base))
+    assert torch.equal(l1, l2)
+    assert not torch.allclose(l1, l0)  # the adapter changed something
+
+
+def test_loss_falls_and_resume_continues(merged_small, tiny_student, tmp_path):
+    common = dict(augmented_dataset=merged_small, model=str(tiny_student), output_dir=tmp_path,
+                  run_name="resume", batch_size=4, gradient_accumulation=1, learning_rate=3e-3,
+                  warmup_steps=0, select_by="last", progress=False, logging_steps=1)
+    run = train(epochs=2, **common)
+    history = [h["loss"] for h in json.loads((run / "loss_history.json").read_text()) if "loss" in h]
+    assert len(history) >= 24
+    assert sum(history[-5:]) / 5 < 0.9 * sum(history[:5]) / 5
+    steps = json.loads((run / "training_config.json").read_text())["global_step"]
+    # Resume to 3 epochs: continues from the last checkpoint (epoch 2), not from scratch.
+    run2 = train(epochs=3, resume=True, **common)
+    assert run2 == run
+    state = json.loads((run / "training_config.json").read_text())
+    assert state["global_step"] == steps * 3 // 2
+    assert state["resumed_from"].endswith(f"checkpoint-{steps}")
+    logged = [h["step"] for h in json.loads((run / "loss_history.json").read_text()) if "loss" in h]
+    assert logged == sorted(set(logged))  # no step was run twice
+
+
+def test_ground_truth_target_and_fill_missing(merged_small):
+    table, report = read_merged(merged_small)
+    df = pick_rows(table.to_pandas(), report["splits"], "train").copy()
+    df.loc[df.index[:3], "teacher_analysis"] = None
+    ex, skipped = build_examples(df, target="teacher", fill_missing=False, with_description=True)
+    assert skipped == 3 and len(ex) == len(df) - 3
+    ex, skipped = build_examples(df, target="teacher", fill_missing=True, with_description=True)
+    assert skipped == 0 and len(ex) == len(df)
+    gt, _ = build_examples(df, target="ground-truth", fill_missing=False, with_description=True)
+    assert all("<analysis>The segment" in e.target for e in gt)
+
+
+def test_bad_inputs_exit_2(merged_small, tiny_student, tmp_path):
+    # Missing columns.
+    t = pq.read_table(merged_small)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(t.drop(["teacher_analysis"]).replace_schema_metadata(t.schema.metadata), bad)
+    r = runner.invoke(app, ["train", "--data", str(bad), "--model", str(tiny_student), "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "teacher_analysis" in r.output
+    # No train rows: every train row lacks an analysis and --fill-missing is off.
+    none = tmp_path / "none.parquet"
+    import pyarrow as pa
+
+    t2 = t.set_column(t.schema.get_field_index("teacher_analysis"), "teacher_analysis",
+                      pa.nulls(len(t), pa.string()))
+    pq.write_table(t2.replace_schema_metadata(t.schema.metadata), none)
+    r = runner.invoke(app, ["train", "--data", str(none), "--model", str(tiny_student), "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "no training rows" in r.output
+    # Unknown model path.
+    r = runner.invoke(app, ["train", "--data", str(merged_small), "--model", str(tmp_path / "nope"),
+                            "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "nope" in r.output
+    # 4-bit without CUDA.
+    r = runner.invoke(app, ["train", "--data", str(merged_small), "--model", str(tiny_student), "--load-in-4bit",
+                            "--output-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "CUDA" in r.output
+    for r_ in (r,):
+        assert "Traceback" not in r_.output
+    assert not any(p.name.startswith("qwen3-vl_") for p in tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_saves_one_adapter(merged_small, tiny_student, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"augmented_dataset: {merged_small}\nmodel: {tiny_student}\noutput_dir: {tmp_path / 'runs'}\n"
+        "run_name: ddp\nepochs: 1\nbatch_size: 4\ngradient_accumulation: 1\nselect_by: last\nprogress: false\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    accelerate = Path(sys.executable).with_name("accelerate")
+    out = subprocess.run(
+        [str(accelerate), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "connectodistill", "train", "--config", str(cfg)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1
+    assert (runs[0] / "adapter_model.safetensors").is_file()
+    assert json.loads((runs[0] / "training_config.json").read_text())["global_step"] > 0
