@@ -29,6 +29,7 @@ import argparse
 import base64
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -239,16 +240,20 @@ def commands(bench: Path, csvs: list[Path], out: Path) -> dict[str, list[str]]:
     return {"merge": ours, "baseline": base, "floor": floor}
 
 
-def timed(cmd: list[str], cores: str | None) -> float:
+def timed(cmd: list[str], cores: str | None) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+sys) of one fresh process."""
     if cores and shutil.which("taskset"):
         cmd = ["taskset", "-c", cores, *cmd]
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise SystemExit(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    return elapsed
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu
 
 
 def where_time_goes(bench: Path, csvs: list[Path], out: Path) -> dict[str, float]:
@@ -282,30 +287,38 @@ def main() -> None:
     if args.skip_baseline:
         cmds.pop("baseline")
     times: dict[str, list[float]] = {name: [] for name in cmds}
+    cpu: dict[str, list[float]] = {name: [] for name in cmds}
     for r in range(args.repeats):  # interleaved, so background load hits all three alike
         for name, cmd in cmds.items():
-            times[name].append(timed(cmd, args.cores or None))
-            print(f"run {r + 1}/{args.repeats} {name:8s} {times[name][-1]:7.2f} s", file=sys.stderr)
-    import_s = min(timed([PY, "-c", "import connectodistill.cli, connectodistill.matching"], args.cores or None)
+            wall, used = timed(cmd, args.cores or None)
+            times[name].append(wall)
+            cpu[name].append(used)
+            print(f"run {r + 1}/{args.repeats} {name:8s} {wall:7.2f} s wall {used:7.2f} s cpu", file=sys.stderr)
+    import_s = min(timed([PY, "-c", "import connectodistill.cli, connectodistill.matching"], args.cores or None)[0]
                    for _ in range(3))
     if args.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})
     stages = where_time_goes(bench, csvs, out)
 
     best = {k: min(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\ninputs: {args.samples} samples, CSV {sum(p.stat().st_size for p in csvs) / 1e6:.0f} MB "
-          f"({', '.join(p.name for p in csvs)}); cores {args.cores or 'all'}; best of {args.repeats}\n")
-    print("| command | best (s) | median (s) |\n| --- | ---: | ---: |")
+          f"({', '.join(p.name for p in csvs)}); cores {args.cores or 'all'}; best of {args.repeats}; "
+          f"load average at the end {load:.1f}\n")
+    print("| command | best wall (s) | median wall (s) | best CPU (s) |\n| --- | ---: | ---: | ---: |")
     for k, v in times.items():
-        print(f"| {k} | {min(v):.2f} | {statistics.median(v):.2f} |")
+        print(f"| {k} | {min(v):.2f} | {statistics.median(v):.2f} | {best_cpu[k]:.2f} |")
     if "baseline" in best:
-        print(f"\nspeed-up vs baseline: {best['baseline'] / best['merge']:.1f}x (target >= 8x)")
-    print(f"merge / floor: {best['merge'] / best['floor']:.2f}x (target <= 2x)")
+        print(f"\nspeed-up vs baseline: {best['baseline'] / best['merge']:.1f}x wall, "
+              f"{best_cpu['baseline'] / best_cpu['merge']:.1f}x CPU (target >= 8x)")
+    print(f"merge / floor: {best['merge'] / best['floor']:.2f}x wall, "
+          f"{best_cpu['merge'] / best_cpu['floor']:.2f}x CPU (target <= 2x)")
     print(f"\nfresh-process import of connectodistill.cli + matching: {import_s:.2f} s")
     print("in-process stages (s): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
     if args.json:
-        args.json.write_text(json.dumps({"times": times, "best": best, "import_s": import_s,
-                                         "stages": stages}, indent=1))
+        args.json.write_text(json.dumps({"wall": times, "cpu": cpu, "best": best, "best_cpu": best_cpu,
+                                         "import_s": import_s, "stages": stages, "load": load}, indent=1))
 
 
 if __name__ == "__main__":

@@ -398,8 +398,7 @@ def test_train_remote_uploads_trains_and_downloads(user_dir, offline, commits, m
     uploads = offline.uploads
     with pytest.raises(UserError, match="already exists"):
         remote.train_remote(cfg.model_copy(update={"run_dir": Path(name)}), RC)
-    cfg2 = cfg.model_copy(update={"run_name": "u"})
-    remote.train_remote(cfg2, RC)
+    assert remote.train_remote(cfg.model_copy(update={"run_name": "u"}), RC.model_copy(update={"detach": True})) is None
     assert offline.uploads == uploads
 
     # An adapter that exists only on the runs volume is evaluated by name.

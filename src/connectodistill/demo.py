@@ -93,7 +93,7 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
         "teacher_majority_vote_accuracy": by_model["teacher (majority vote)"]["accuracy"],
         "base_accuracy": summaries["base"]["accuracy"],
         "student_accuracy": summaries["student"]["accuracy"],
-        "student_accuracy_ci95": summaries["student"]["accuracy_ci95"],
+        "student_accuracy_ci": summaries["student"]["accuracy_ci"],
         "student_balanced_accuracy": summaries["student"]["balanced_accuracy"],
         "student_blank_images_accuracy": summaries["student_blank-images"]["accuracy"],
         "majority_class_rate": summaries["student"]["majority_class_rate"],

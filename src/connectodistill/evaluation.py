@@ -283,12 +283,12 @@ def plot_confusion(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    cm = summary["confusion_matrix"]
+    cm = summary["confusion"]
     m = np.array(cm["matrix"])
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(cm["predicted"])), cm["predicted"])
-    ax.set_yticks(range(len(cm["true"])), cm["true"])
+    ax.set_xticks(range(len(cm["columns"])), cm["columns"])
+    ax.set_yticks(range(len(cm["rows"])), cm["rows"])
     ax.set_xlabel("predicted")
     ax.set_ylabel("ground truth")
     for i in range(m.shape[0]):
@@ -308,8 +308,8 @@ def print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    lo, hi = summary["accuracy_ci95"]
-    blo, bhi = summary["balanced_accuracy_ci95"]
+    lo, hi = summary["accuracy_ci"]
+    blo, bhi = summary["balanced_accuracy_ci"]
     t = Table(title=f"eval {summary['name']}")
     for col in ("n", "accuracy (95% CI)", "balanced acc. (95% CI)", "unparsed"):
         t.add_column(col)

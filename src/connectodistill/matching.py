@@ -211,6 +211,8 @@ def _check_inputs(csv_files: list[Path], outputs: tuple[Path, ...], force: bool)
         if not path.is_file():
             raise UserError(f"teacher CSV is not a file: {path}; pass the CSV file itself")
     for path in outputs:
+        if path.is_dir():
+            raise UserError(f"output {path} is a folder; pass a file name such as merged.parquet to --output")
         if path.exists() and not force:
             raise UserError(f"output {path} already exists; pass --force to overwrite it or choose another --output")
 
@@ -300,6 +302,8 @@ def _dataset_ids(table: pa.Table, col: str, name: str) -> np.ndarray:
 
 def _truth_codes(values: pa.ChunkedArray, col: str, name: str) -> np.ndarray:
     """Ground-truth letter codes (0..6), via the distinct strings; unknown -> UserError."""
+    if pa.types.is_dictionary(values.type):  # e.g. a pandas categorical written to parquet
+        values = values.cast(values.type.value_type)
     uniq = pc.unique(values).to_pylist()
     for v in uniq:
         if DESCRIPTION_TO_LETTER.get(v) is None:
@@ -391,7 +395,19 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
         room = _MAX_REPORTED_MALFORMED - len(malformed)
         malformed.extend({"file": str(path), **b} for b in bad[:max(room, 0)])
         files.append({"path": str(path), "rows": n + n_bad, "malformed": n_bad})
-    return Teacher(pa.concat_tables(tables), malformed, malformed_count, files)
+    return Teacher(_contiguous(pa.concat_tables(tables)), malformed, malformed_count, files)
+
+
+def _contiguous(table: pa.Table) -> pa.Table:
+    """One chunk per column: ``take`` on a string column of many chunks is many times slower.
+
+    Text over 2 GB in one column needs 64-bit offsets, so it becomes ``large_string``.
+    """
+    try:
+        return table.combine_chunks()
+    except pa.ArrowInvalid:  # offset overflow
+        large = [pa.field(f.name, pa.large_string()) if pa.types.is_string(f.type) else f for f in table.schema]
+        return table.cast(pa.schema(large)).combine_chunks()
 
 
 def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, list[dict], int]:

@@ -16,7 +16,7 @@ from .errors import UserError
 from .task import ID_COLUMNS
 
 TABLE_COLUMNS = (
-    "model", "n", "accuracy", "accuracy_ci95", "balanced_accuracy", "balanced_accuracy_ci95",
+    "model", "n", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci",
     "unparsed_rate", "sample_ids_hash", "same_samples", "note",
 )
 
@@ -67,8 +67,8 @@ def _none(values):
 
 def _row(model: str, m: dict, sample_hash: str, note: str = "") -> dict:
     return {
-        "model": model, "n": m["n"], "accuracy": m["accuracy"], "accuracy_ci95": m["accuracy_ci95"],
-        "balanced_accuracy": m["balanced_accuracy"], "balanced_accuracy_ci95": m["balanced_accuracy_ci95"],
+        "model": model, "n": m["n"], "accuracy": m["accuracy"], "accuracy_ci": m["accuracy_ci"],
+        "balanced_accuracy": m["balanced_accuracy"], "balanced_accuracy_ci": m["balanced_accuracy_ci"],
         "unparsed_rate": m["unparsed_rate"], "sample_ids_hash": sample_hash, "note": note,
     }
 
@@ -124,8 +124,8 @@ def to_markdown(table) -> str:
     for r in table.to_dict("records"):
         mark = "same" if r["same_samples"] else f"DIFFERENT ({r['sample_ids_hash'][:8]})"
         lines.append(
-            f"| {r['model']} | {r['n']} | {_fmt_ci(r['accuracy'], r['accuracy_ci95'])} | "
-            f"{_fmt_ci(r['balanced_accuracy'], r['balanced_accuracy_ci95'])} | {r['unparsed_rate']:.3f} | "
+            f"| {r['model']} | {r['n']} | {_fmt_ci(r['accuracy'], r['accuracy_ci'])} | "
+            f"{_fmt_ci(r['balanced_accuracy'], r['balanced_accuracy_ci'])} | {r['unparsed_rate']:.3f} | "
             f"{mark}{' - ' + r['note'] if r['note'] else ''} |"
         )
     lines.append("")
@@ -142,7 +142,7 @@ def print_table(table) -> None:
         t.add_column(col)
     for r in table.to_dict("records"):
         mark = "same" if r["same_samples"] else "[bold red]DIFFERENT[/]"
-        t.add_row(r["model"], str(r["n"]), _fmt_ci(r["accuracy"], r["accuracy_ci95"]),
-                  _fmt_ci(r["balanced_accuracy"], r["balanced_accuracy_ci95"]), f"{r['unparsed_rate']:.3f}",
+        t.add_row(r["model"], str(r["n"]), _fmt_ci(r["accuracy"], r["accuracy_ci"]),
+                  _fmt_ci(r["balanced_accuracy"], r["balanced_accuracy_ci"]), f"{r['unparsed_rate']:.3f}",
                   mark + (f" ({r['note']})" if r["note"] else ""))
     Console(stderr=True).print(t)
