@@ -140,6 +140,15 @@ def commits(monkeypatch):
     return seen
 
 
+@pytest.fixture(scope="module")
+def local_run(merged_small, tiny_student, tmp_path_factory):
+    """What a plain local `train` leaves, with the settings the remote tests use."""
+    from connectodistill.training import train
+
+    return train(augmented_dataset=merged_small, model=str(tiny_student), run_name="local",
+                 output_dir=tmp_path_factory.mktemp("local-runs"), **TINY_TRAIN)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -259,15 +268,15 @@ def test_bad_input_fails_before_anything_is_sent(no_network, merged_small, tiny_
 
 # ----------------------------------------------------------------------------- container functions
 def test_train_function_leaves_a_local_runs_folder_and_resumes(
-        merged_small, tiny_student, trained_run, offline, commits, monkeypatch):
+        merged_small, tiny_student, local_run, offline, commits, monkeypatch):
     declared = remote.declare(RC)
-    settings = TrainConfig(augmented_dataset=merged_small, model=str(tiny_student), run_name="fixture",
+    settings = TrainConfig(augmented_dataset=merged_small, model=str(tiny_student), run_name="local",
                            **TINY_TRAIN).model_dump(mode="json")
     result = declared.train.local(settings=settings, links={}, run_name="r1", runs_volume="t-runs",
                                   models_volume="t-models")
     assert result == {"name": "r1"}
     run_dir = offline.root / "runs" / "train" / "r1"
-    assert _tree(run_dir) == _tree(trained_run)  # the folder a local run leaves
+    assert _tree(run_dir) == _tree(local_run)  # the folder a local run leaves
     config = json.loads((run_dir / "training_config.json").read_text())
     n_ckpt = len(list((run_dir / "checkpoints").glob("checkpoint-*")))
     assert commits.count("t-runs") >= n_ckpt + 1  # each checkpoint, then the end
@@ -287,7 +296,7 @@ def test_train_function_leaves_a_local_runs_folder_and_resumes(
     assert declared.train.local(settings=settings, links={}, run_name="r1") == {"name": "r1"}
     assert seen == [True]
     assert not broken.exists()
-    assert _tree(run_dir) == _tree(trained_run)
+    assert _tree(run_dir) == _tree(local_run)
     assert json.loads((run_dir / "training_config.json").read_text())["global_step"] == config["global_step"]
 
 
@@ -298,13 +307,13 @@ def test_train_function_reports_bad_input_instead_of_failing(merged_small, offli
 
 
 def test_eval_function_scores_an_adapter_and_a_base_model(
-        trained_run, tiny_student, small_benchmark, merged_small, offline, commits):
+        local_run, tiny_student, small_benchmark, merged_small, offline, commits):
     declared = remote.declare(RC)
     result = declared.evaluate.local(
-        settings=EvalConfig(adapter_path=trained_run, **TINY_EVAL).model_dump(mode="json"), links={},
+        settings=EvalConfig(adapter_path=local_run, **TINY_EVAL).model_dump(mode="json"), links={},
         runs_volume="t-runs")
     out = offline.root / "runs" / "eval" / result["name"]
-    assert result["name"].startswith(trained_run.name)
+    assert result["name"] == f"{local_run.name}_test"
     assert {p.name for p in out.iterdir()} >= {"predictions.csv", "summary.json", "confusion.png"}
     assert "t-runs" in commits
 

@@ -286,7 +286,7 @@ def _train_multi_gpu(cfg: TrainConfig, gpus: int, commit) -> None:
     ckpts = Path(cfg.run_dir) / "checkpoints"
 
     def complete():
-        return {p.name for p in ckpts.glob("checkpoint-*/trainer_state.json")}
+        return {p.parent.name for p in ckpts.glob("checkpoint-*/trainer_state.json")}
 
     seen = complete()
     proc = subprocess.Popen(_accelerate_command(Path(f.name), gpus))
@@ -344,9 +344,7 @@ def _first_line(e: Exception) -> str:
 
 
 def _say(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True, highlight=False).print(message)
+    print(message, file=sys.stderr, flush=True)
 
 
 def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | None:
@@ -530,7 +528,7 @@ def _upload(volume, mount: str, local: Path) -> str:
     local = Path(local)
     key = f"{_sha256(local)}/{local.name}"
     if _listdir(volume, key):
-        _say(f"[dim]{local} already on Modal[/dim]")
+        _say(f"{local} already on Modal")
     else:
         with volume.batch_upload() as batch:
             for rel, path in _files(local):

@@ -150,8 +150,16 @@ def make_tiny_student(
         pad_token_id=tokenizer.convert_tokens_to_ids(PAD_TOKEN),
         do_sample=False,
     )
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar for a 4 MB file
+    try:
+        model.save_pretrained(path)
+        processor.save_pretrained(path)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     return path
 
 
