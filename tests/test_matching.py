@@ -526,3 +526,14 @@ def test_prompt_texts_of_an_array():
     got = _prompt_texts(pa.array(cells, pa.string())).to_pylist()
     assert got == [prompt_text(c) for c in cells]
     assert got[0] == odd
+
+
+def test_prompt_text_round_trips_any_text():
+    rng = np.random.default_rng(0)
+    pool = [*"ab n'\"\\\t\n\x01\u00e9\u2603{}[]:,", "\\n", "\\'", "'}]", "'type': 'text'",
+            '"type": "text"', "'type': 'text', 'text': '", "\\\\"]
+    for _ in range(400):
+        text = "".join(rng.choice(pool, size=int(rng.integers(0, 30))))
+        blocks = [{"type": "image", "source": {"data": "QUJD"}}, {"type": "text", "text": text}]
+        for cell in (repr(blocks), json.dumps(blocks), repr(blocks[::-1]), json.dumps(blocks[::-1])):
+            assert prompt_text(cell) == (text or None), (text, cell)

@@ -29,6 +29,9 @@ TINY_TRAIN = dict(epochs=1, num_samples=16, batch_size=8, gradient_accumulation=
                   progress=False, seed=0)
 TINY_EVAL = dict(num_samples=4, batch_size=4, max_new_tokens=8, progress=False)
 
+# `.local()` warns that volumes are not mounted: here the mounts are local folders on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
+
 
 # ----------------------------------------------------------------------------- fakes
 class FakeVolume:
@@ -266,6 +269,18 @@ def test_bad_input_fails_before_anything_is_sent(no_network, merged_small, tiny_
         assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_modal_setup_problems_are_one_line_user_errors():
+    from modal.exception import AuthError, NotFoundError
+
+    with pytest.raises(UserError, match="run `modal setup`"):
+        with remote._modal_errors(RC):
+            raise AuthError("Token missing. Could not authenticate client.\nmore")
+    with pytest.raises(UserError, match="modal secret create hf-secret HF_TOKEN") as e:
+        with remote._modal_errors(RC):
+            raise NotFoundError("Secret 'hf-secret' not found")
+    assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- container functions
 def test_train_function_leaves_a_local_runs_folder_and_resumes(
         merged_small, tiny_student, local_run, offline, commits, monkeypatch):
@@ -377,7 +392,7 @@ def user_dir(tmp_path, merged_small, tiny_student, monkeypatch):
     return home
 
 
-def test_train_remote_uploads_trains_and_downloads(user_dir, offline, commits, monkeypatch):
+def test_train_remote_uploads_trains_and_downloads(user_dir, small_benchmark, offline, commits, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_never_stored_anywhere")
     cfg = TrainConfig(augmented_dataset="merged.parquet", model="students/tiny", run_name="t", **TINY_TRAIN)
     local = remote.train_remote(cfg, RC)
@@ -416,7 +431,9 @@ def test_train_remote_uploads_trains_and_downloads(user_dir, offline, commits, m
     assert out == Path("results") / f"{name}_test"
     assert {p.name for p in out.iterdir()} == {"predictions.csv", "summary.json", "confusion.png"}
     assert json.loads((out / "summary.json").read_text())["adapter"] == name
-    assert offline.uploads == uploads  # its base model and benchmark were there already
+    # Its base model was there already; its benchmark (a local file) is uploaded now, once.
+    assert offline.uploads == uploads + 1
+    assert (offline.root / "datasets" / _sha256(small_benchmark) / small_benchmark.name).is_file()
 
 
 def test_eval_remote_of_a_base_model_uploads_the_local_benchmark(user_dir, small_benchmark, offline, commits):
@@ -486,3 +503,20 @@ def test_upload_is_content_addressed(tmp_path):
     assert len(vol.uploads) == 1
     (folder / "adapter_config.json").write_text('{"r": 8}')
     assert remote._upload(vol, "datasets", folder) != key
+
+
+@pytest.mark.slow
+def test_multi_gpu_launch_for_real_on_two_cpu_processes(merged_small, tiny_student, tmp_path, monkeypatch):
+    """The real `accelerate launch ... train --config` path, with --cpu standing in for the GPUs."""
+    real = remote._accelerate_command
+    monkeypatch.setattr(remote, "_accelerate_command", lambda f, n: [*real(f, n)[:3], "--cpu", *real(f, n)[3:]])
+    monkeypatch.setattr(remote, "CHECKPOINT_POLL_SECONDS", 0.5)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_dir = tmp_path / "runs" / "train" / "ddp"
+    cfg = TrainConfig(augmented_dataset=merged_small, model=str(tiny_student), run_dir=run_dir,
+                      output_dir=run_dir.parent, select_by="last", **TINY_TRAIN)
+    commits = []
+    remote._train_multi_gpu(cfg, 2, lambda: commits.append(1))
+    assert (run_dir / "adapter_model.safetensors").is_file()
+    assert json.loads((run_dir / "training_config.json").read_text())["global_step"] > 0
+    assert len(commits) >= 1 and list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))

@@ -277,15 +277,13 @@ def _json_default(o):
 
 def plot_confusion(summary: dict, path: Path) -> None:
     """Confusion matrix as a PNG (rows: ground truth; columns: prediction, incl. unparsed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
     cm = summary["confusion"]
     m = np.array(cm["matrix"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     ax.imshow(m, cmap="Blues")
     ax.set_xticks(range(len(cm["columns"])), cm["columns"])
     ax.set_yticks(range(len(cm["rows"])), cm["rows"])
@@ -300,7 +298,6 @@ def plot_confusion(summary: dict, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)
-    plt.close(fig)
     tmp.replace(path)
 
 

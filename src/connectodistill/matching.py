@@ -395,19 +395,8 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
         room = _MAX_REPORTED_MALFORMED - len(malformed)
         malformed.extend({"file": str(path), **b} for b in bad[:max(room, 0)])
         files.append({"path": str(path), "rows": n + n_bad, "malformed": n_bad})
-    return Teacher(_contiguous(pa.concat_tables(tables)), malformed, malformed_count, files)
-
-
-def _contiguous(table: pa.Table) -> pa.Table:
-    """One chunk per column: ``take`` on a string column of many chunks is many times slower.
-
-    Text over 2 GB in one column needs 64-bit offsets, so it becomes ``large_string``.
-    """
-    try:
-        return table.combine_chunks()
-    except pa.ArrowInvalid:  # offset overflow
-        large = [pa.field(f.name, pa.large_string()) if pa.types.is_string(f.type) else f for f in table.schema]
-        return table.cast(pa.schema(large)).combine_chunks()
+    # zero-copy: the columns stay in their read chunks (``take`` handles chunked arrays)
+    return Teacher(pa.concat_tables(tables), malformed, malformed_count, files)
 
 
 def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, list[dict], int]:
@@ -799,10 +788,16 @@ _TEXT_LITERAL = re.compile(  # a quoted literal, "unrolled" so a 2 KB text is on
 
 
 def _decode_literal(lit: str) -> str:
+    """The value of a Python string literal (quotes included), without a parser if possible."""
     body = lit[1:-1]
     if "\\" not in body:
         return body
-    if body.isascii():  # Python's escapes, exactly, without a parser
+    # The usual escapes only: if no backslash is left after undoing them, none was anything
+    # else (an escaped backslash always leaves one behind, and falls to the exact path).
+    quick = body.replace("\\n", "\n").replace("\\'", "'")
+    if "\\" not in quick:
+        return quick
+    if body.isascii():  # every Python escape, exactly
         return body.encode("ascii").decode("unicode_escape")
     return ast.literal_eval(lit)  # safe: a string literal only
 
@@ -825,10 +820,13 @@ def _last_text_block(cell: str) -> str | None:
     if q not in ("'", '"') or cell[end - 1:end + 2] != q + "}]" or end - 1 <= start:
         return None
     body = cell[start + 1:end - 1]
-    unescaped = body.replace("\\\\", "").replace("\\" + q, "")
-    if q in unescaped or cell.count("'type': 'text'") != 1:
+    # repr() escapes every quote of the literal's own kind inside it (and writes "..." only
+    # for text without any "), so a bare one means the literal ended earlier
+    if body.count(q) != (body.count("\\" + q) if q == "'" else 0):
         return None
-    return _decode_literal(q + body + q)
+    if cell.count("'type': 'text'") != 1:
+        return None
+    return _decode_literal(cell[start:end])
 
 
 def prompt_text(cell: str | None) -> str | None:
@@ -844,18 +842,20 @@ def prompt_text(cell: str | None) -> str | None:
         return None
     fast = _last_text_block(cell)
     if fast is not None:
-        return fast
+        return fast or None
     texts = []
-    for marker in _TEXT_MARKERS:
-        pos = cell.find(marker)
-        while pos >= 0:
-            m = _TEXT_LITERAL.match(cell, pos + len(marker))
-            if m is None:
-                break
-            texts.append((pos, _decode_literal(m.group(2))))
-            pos = cell.find(marker, m.end())
+    done = 0  # everything before this index is read (a marker inside a literal is text)
+    while True:
+        hits = [(p, mk) for mk in _TEXT_MARKERS if (p := cell.find(mk, done)) >= 0]
+        if not hits:
+            break
+        pos, marker = min(hits)
+        m = _TEXT_LITERAL.match(cell, pos + len(marker))
+        done = m.end() if m else pos + len(marker)
+        if m:
+            texts.append(_decode_literal(m.group(2)))
     if texts:
-        return "\n\n".join(text for _, text in sorted(texts))
+        return "\n\n".join(texts) or None
     stripped = cell.strip()
     if not stripped.startswith(("[", "{")):
         return stripped

@@ -40,6 +40,7 @@ from .errors import UserError
 # tests point it at a temporary folder to run the container functions in-process.
 ROOT_ENV = "CONNECTODISTILL_VOLUMES_ROOT"
 MOUNTS = ("models", "datasets", "runs")
+HF_HOME = "/models/hf"  # weights and hub datasets cached on the models volume: downloaded once
 TRAIN_DIR, EVAL_DIR = "train", "eval"  # folders of the runs volume
 RUN_CONFIG, EVAL_SUMMARY = "training_config.json", "summary.json"  # written last: "finished"
 PYTHON_VERSION = "3.11"
@@ -146,8 +147,7 @@ def declare(remote_cfg: RemoteConfig, *, use_wandb: bool = False, environ=None) 
     image = (
         modal.Image.debian_slim(python_version=PYTHON_VERSION)
         .uv_pip_install(*runtime_requirements())
-        # Weights and hub datasets are cached on the models volume: downloaded once.
-        .env({"HF_HOME": "/models/hf", "TOKENIZERS_PARALLELISM": "false"})
+        .env({"HF_HOME": HF_HOME, "TOKENIZERS_PARALLELISM": "false"})
         .add_local_python_source("connectodistill")
     )
     volumes = {
@@ -324,8 +324,8 @@ def _call(fn, detach: bool, **kwargs):
 
 
 @contextmanager
-def _modal_errors():
-    """Modal's set-up problems as one-line UserErrors."""
+def _modal_errors(remote_cfg: RemoteConfig):
+    """Modal's set-up problems (no token, a missing secret) as one-line UserErrors."""
     from modal.exception import AuthError, NotFoundError
 
     try:
@@ -334,8 +334,9 @@ def _modal_errors():
         raise UserError(f"Modal refused the credentials ({_first_line(e)}): run `modal setup`") from e
     except NotFoundError as e:
         raise UserError(
-            f"Modal: {_first_line(e)}; a missing secret is created with "
-            "`modal secret create huggingface-secret HF_TOKEN=...` (or export HF_TOKEN here)"
+            f"Modal: {_first_line(e)}; create missing secrets with `modal secret create "
+            f"{remote_cfg.hf_secret} HF_TOKEN=...` (or `{remote_cfg.wandb_secret} WANDB_API_KEY=...`), "
+            "or export HF_TOKEN / WANDB_API_KEY here"
         ) from e
 
 
@@ -356,7 +357,7 @@ def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | Non
     model_dir = _local_input(train_cfg.model, "model")
     remote = declare(remote_cfg, use_wandb=train_cfg.use_wandb)
 
-    with _modal_errors():
+    with _modal_errors(remote_cfg):
         runs = _volume(remote_cfg.runs_volume)
         run_name = _remote_run_name(train_cfg, runs, merged)
         links = {str(merged): _upload(_volume(remote_cfg.datasets_volume), "datasets", merged)}
@@ -423,7 +424,7 @@ def evaluate_remote(eval_cfg: EvalConfig, remote_cfg: RemoteConfig) -> Path | No
         run = json.loads((adapter / RUN_CONFIG).read_text())
     remote = declare(remote_cfg)
 
-    with _modal_errors():
+    with _modal_errors(remote_cfg):
         runs = _volume(remote_cfg.runs_volume)
         links: dict[str, str] = {}
         uploads: list[tuple[str, Path | None, str]] = []  # (path as given, local path, volume)
@@ -587,7 +588,7 @@ def list_runs(volume) -> list[dict]:
 
 def fetch(name: str | None, output_dir: Path, remote_cfg: RemoteConfig) -> Path | list[dict]:
     """Download run or eval folder ``name`` from the runs volume; without a name, list them all."""
-    with _modal_errors():
+    with _modal_errors(remote_cfg):
         runs = _volume(remote_cfg.runs_volume)
         if name is None:
             rows = list_runs(runs)

@@ -134,10 +134,10 @@ def make_tiny_student(
         torch.manual_seed(seed)
         with torch.device("cpu"):
             model = model_cls(config).to(torch.float32).eval()
-            # The default init (std 0.02) gives a frozen lm_head rows of norm ~0.2: with RMS-normed
-            # hidden states no logit margin can pass ~2.5, so LoRA on the decoder alone stalls at a
-            # loss of ~4-5 although greedy decoding is already right. Rows of norm ~1 (std
-            # 1/sqrt(hidden)) let the loss fall as on a real model, logits start at std ~1.
+            # The default init (std 0.02) gives lm_head rows of norm ~0.2; with that head frozen
+            # and RMS-normed hidden states no logit margin can pass ~2.5, so LoRA on the decoder
+            # stalls at a loss of ~4-5 although greedy decoding is already right. Rows of norm ~1
+            # (std 1/sqrt(hidden)) let the loss fall as on a real model; logits start at std ~1.
             torch.nn.init.normal_(model.lm_head.weight, mean=0.0, std=text_hidden**-0.5)
     finally:
         torch.random.set_rng_state(cpu_rng)
