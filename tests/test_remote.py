@@ -24,9 +24,12 @@ from connectodistill.errors import UserError
 
 RC = RemoteConfig(models_volume="t-models", datasets_volume="t-datasets", runs_volume="t-runs",
                   hf_secret="hf-secret", wandb_secret="wandb-secret")
-MOUNT_OF = {RC.models_volume: "models", RC.datasets_volume: "datasets", RC.runs_volume: "runs"}
-TINY_TRAIN = dict(epochs=1, num_samples=16, batch_size=8, gradient_accumulation=1, learning_rate=3e-3, warmup_steps=0,
-                  progress=False, seed=0)
+MOUNT_OF = {RC.models_volume: "models", RC.datasets_volume: "datasets", RC.runs_volume: "runs",
+            # the defaults, which the CLI uses
+            RemoteConfig().models_volume: "models", RemoteConfig().datasets_volume: "datasets",
+            RemoteConfig().runs_volume: "runs"}
+TINY_TRAIN = dict(epochs=1, num_samples=16, batch_size=8, gradient_accumulation=1, learning_rate=3e-3,
+                  warmup_steps=0, progress=False, seed=0)
 TINY_EVAL = dict(num_samples=4, batch_size=4, max_new_tokens=8, progress=False)
 
 # `.local()` warns that volumes are not mounted: here the mounts are local folders on purpose.
@@ -92,7 +95,8 @@ class Offline:
 
     def __init__(self, root: Path):
         self.root = root
-        self.volumes = {name: FakeVolume(root / mount) for name, mount in MOUNT_OF.items()}
+        mounts = {mount: FakeVolume(root / mount) for mount in remote.MOUNTS}
+        self.volumes = {name: mounts[mount] for name, mount in MOUNT_OF.items()}
         self.calls: list[dict] = []
 
     def install(self, monkeypatch):
@@ -110,7 +114,7 @@ class Offline:
 
     @property
     def uploads(self) -> int:
-        return sum(len(v.uploads) for v in self.volumes.values())
+        return sum(len(v.uploads) for v in {id(v): v for v in self.volumes.values()}.values())
 
 
 class Trap:
@@ -218,6 +222,13 @@ def test_image_requirements_are_pyproject_ranges_plus_gpu_extra():
     assert not any(r.startswith(("modal", "pytest", "ruff")) for r in reqs)
 
 
+def test_installed_package_reads_its_requirements_from_metadata(monkeypatch, tmp_path):
+    monkeypatch.setattr(remote, "__file__", str(tmp_path / "site-packages" / "connectodistill" / "remote.py"))
+    reqs = remote.runtime_requirements()
+    assert any(r.startswith("bitsandbytes") for r in reqs) and any(r.startswith("torch") for r in reqs)
+    assert not any(r.startswith(("modal", "pytest", "ruff")) or ";" in r for r in reqs)
+
+
 def test_declared_functions_follow_the_flags():
     rc = RC.model_copy(update={"gpu": "h100:2", "timeout": 7200})
     declared = remote.declare(rc, use_wandb=True, environ={"HF_TOKEN": "hf_local_token_value"})
@@ -282,6 +293,7 @@ def test_modal_setup_problems_are_one_line_user_errors():
 
 
 # ----------------------------------------------------------------------------- container functions
+@pytest.mark.slow
 def test_train_function_leaves_a_local_runs_folder_and_resumes(
         merged_small, tiny_student, local_run, offline, commits, monkeypatch):
     declared = remote.declare(RC)
@@ -321,6 +333,7 @@ def test_train_function_reports_bad_input_instead_of_failing(merged_small, offli
     assert "model folder not found" in result["user_error"]  # returned: Modal must not retry it
 
 
+@pytest.mark.slow
 def test_eval_function_scores_an_adapter_and_a_base_model(
         local_run, tiny_student, small_benchmark, merged_small, offline, commits):
     declared = remote.declare(RC)
@@ -392,6 +405,7 @@ def user_dir(tmp_path, merged_small, tiny_student, monkeypatch):
     return home
 
 
+@pytest.mark.slow
 def test_train_remote_uploads_trains_and_downloads(user_dir, small_benchmark, offline, commits, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_never_stored_anywhere")
     cfg = TrainConfig(augmented_dataset="merged.parquet", model="students/tiny", run_name="t", **TINY_TRAIN)
@@ -520,3 +534,21 @@ def test_multi_gpu_launch_for_real_on_two_cpu_processes(merged_small, tiny_stude
     assert (run_dir / "adapter_model.safetensors").is_file()
     assert json.loads((run_dir / "training_config.json").read_text())["global_step"] > 0
     assert len(commits) >= 1 and list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+
+
+def test_cli_flags_reach_the_remote_layer(user_dir, offline):
+    from typer.testing import CliRunner
+
+    from connectodistill.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["train", "--data", "merged.parquet", "--model", "students/tiny", "--run-name", "c",
+                            "--remote", "--gpu", "a100-80gb:2", "--detach"])
+    assert r.exit_code == 0, r.output
+    (kwargs,) = offline.calls
+    assert kwargs["gpus"] == 2 and kwargs["settings"]["run_name"] == "c"
+    r = runner.invoke(app, ["train", "--data", "merged.parquet", "--remote", "--gpu", "V100"])
+    assert r.exit_code == 2 and r.output.count("\n") == 1 and "unknown GPU" in r.output
+    (offline.root / "runs" / "train" / "x" / "checkpoints").mkdir(parents=True)
+    r = runner.invoke(app, ["fetch"])
+    assert r.exit_code == 0 and "running" in r.output

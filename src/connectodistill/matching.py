@@ -73,6 +73,7 @@ REL_TOL = 1e-6
 ABS_TOL_NM = 1e-3
 
 _N_CODES = len(LETTERS) + 1  # letters 0..6, then "unparsed"
+_NO_ANALYSIS = rf"^\s*(?:{re.escape(MISSING_ANALYSIS)})?\s*$"
 _UNPARSED_CODE = len(LETTERS)
 _INT64_MAX = "9223372036854775807"
 _FLOAT_RE = r"^[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
@@ -728,12 +729,12 @@ def build_table(bench: Benchmark, teacher: Teacher, votes: Votes, split: np.ndar
     t = teacher.table
     idx = pa.array(resp, mask=resp < 0)
     letters = pa.array([*LETTERS, None], pa.string())
-    analysis = t["analysis"].take(idx)
-    placeholder = pc.or_(pc.equal(pc.utf8_trim_whitespace(analysis), MISSING_ANALYSIS),
-                         pc.equal(pc.utf8_trim_whitespace(analysis), ""))
+    # the placeholder for missing analysis tags (or an empty cell) is no analysis; the answer
+    # is still scored. Taking through a null index avoids copying the texts twice.
+    no_analysis = _np(pc.match_substring_regex(t["analysis"], _NO_ANALYSIS), bool)
+    analysis_rows = np.where((resp >= 0) & ~no_analysis[np.maximum(resp, 0)], resp, -1)
     columns = {
-        # the placeholder for missing analysis tags is no analysis (the answer is still scored)
-        "teacher_analysis": pc.if_else(pc.fill_null(placeholder, False), pa.scalar(None, pa.string()), analysis),
+        "teacher_analysis": t["analysis"].take(pa.array(analysis_rows, mask=analysis_rows < 0)),
         "teacher_answer": letters.take(pa.array(teacher.code)).take(idx),
         "teacher_answer_raw": t["llm_answer"].take(idx),
         "teacher_correct": pa.array(teacher.correct).take(idx),
@@ -789,17 +790,23 @@ _TEXT_LITERAL = re.compile(  # a quoted literal, "unrolled" so a 2 KB text is on
 
 def _decode_literal(lit: str) -> str:
     """The value of a Python string literal (quotes included), without a parser if possible."""
-    body = lit[1:-1]
+    return _decode_body(lit[1:-1], lit[0])
+
+
+def _decode_body(body: str, quote: str) -> str:
+    """The value of a string literal's inside ``body`` (``quote`` is its quote character)."""
     if "\\" not in body:
         return body
     # The usual escapes only: if no backslash is left after undoing them, none was anything
     # else (an escaped backslash always leaves one behind, and falls to the exact path).
-    quick = body.replace("\\n", "\n").replace("\\'", "'")
+    quick = body.replace("\\n", "\n")
+    if "\\'" in quick:
+        quick = quick.replace("\\'", "'")
     if "\\" not in quick:
         return quick
     if body.isascii():  # every Python escape, exactly
         return body.encode("ascii").decode("unicode_escape")
-    return ast.literal_eval(lit)  # safe: a string literal only
+    return ast.literal_eval(quote + body + quote)  # safe: a string literal only
 
 
 _USUAL_MARKER = "'type': 'text', 'text': "
@@ -826,7 +833,7 @@ def _last_text_block(cell: str) -> str | None:
         return None
     if cell.count("'type': 'text'") != 1:
         return None
-    return _decode_literal(cell[start:end])
+    return _decode_body(body, q)
 
 
 def prompt_text(cell: str | None) -> str | None:

@@ -196,7 +196,9 @@ def load_model(
     from transformers import AutoModelForImageTextToText
 
     if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        # Under accelerate/torchrun each process owns the GPU of its LOCAL_RANK.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     device = str(device)
     kwargs: dict[str, Any] = {}
     if load_in_4bit:

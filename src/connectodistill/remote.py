@@ -228,19 +228,20 @@ def _inputs_linked(links: dict[str, str]):
     place under the volumes root. An absolute path that exists already is left alone.
     """
     root, cwd = volumes_root(), os.getcwd()
-    os.chdir(tempfile.mkdtemp(prefix="connectodistill-"))
-    try:
-        for original, key in links.items():
-            path = Path(original)
-            if path.exists():
-                continue
-            if path.is_symlink():  # dangling, from an earlier attempt
-                path.unlink()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.symlink_to(root / key)
-        yield
-    finally:
-        os.chdir(cwd)
+    with tempfile.TemporaryDirectory(prefix="connectodistill-") as work:
+        os.chdir(work)
+        try:
+            for original, key in links.items():
+                path = Path(original)
+                if path.exists():
+                    continue
+                if path.is_symlink():  # dangling, from an earlier attempt
+                    path.unlink()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.symlink_to(root / key)
+            yield
+        finally:
+            os.chdir(cwd)
 
 
 def _drop_incomplete_checkpoints(run_dir: Path) -> None:
