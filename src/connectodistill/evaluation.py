@@ -24,7 +24,14 @@ from .conversation import (
     sample_name,
 )
 from .errors import UserError
-from .task import DEFAULT_CONFIG, DEFAULT_DATASET, DEFAULT_DATASET_SPLIT, ID_COLUMNS, image_columns, label_column
+from .task import (
+    DEFAULT_CONFIG,
+    DEFAULT_DATASET,
+    DEFAULT_DATASET_SPLIT,
+    ID_COLUMNS,
+    image_columns,
+    label_column,
+)
 from .training import RUN_CONFIG
 
 PREDICTION_COLUMNS = (

@@ -292,7 +292,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
 
     # 2. Student: processor with the pixel budget, base model, LoRA on the language model.
     import torch
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from .modeling import add_lora, load_model, load_processor
 
