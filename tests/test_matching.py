@@ -14,7 +14,14 @@ import pytest
 from connectodistill import data
 from connectodistill.config import MergeConfig
 from connectodistill.errors import UserError
-from connectodistill.matching import TEACHER_COLUMNS, _prompt_texts, merge, prompt_text
+from connectodistill.matching import (
+    TEACHER_COLUMNS,
+    _parse_float_strings,
+    _parse_int_strings,
+    _prompt_texts,
+    merge,
+    prompt_text,
+)
 from connectodistill.scoring import majority_vote, parse_answer
 from connectodistill.synthetic.benchmark import make_benchmark, make_teacher_csvs
 from connectodistill.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
@@ -230,19 +237,36 @@ def test_blank_and_garbage_ids_are_malformed_and_other_ids_stay_exact(tmp_path, 
     text.loc[9, "xmin"] = "nan"
     csv = write_text(text, tmp_path / "t.csv")
     assert pd.read_csv(csv)["proofread root id"].dtype == float  # where pandas loses exactness
+    with open(csv, "a") as f:
+        f.write("864691134965949727,864691134965949729,mouse\n")  # a row cut short
 
     res = run(tmp_path, [csv], bench_path)
     r = res.report
-    assert r["malformed_rows"] == 3
+    assert r["malformed_rows"] == 4
     assert r["teacher_responses"] == len(text) - 3
+    short = [m for m in r["malformed"] if m["reason"].startswith("expected")]
+    assert len(short) == 1 and "got 3" in short[0]["reason"]
     assert r["unmatched_responses"] == 0  # malformed rows count only as malformed
-    lines = {(m["line"], m["reason"].split()[0]) for m in r["malformed"]}
+    lines = {(m["line"], m["reason"].split()[0]) for m in r["malformed"] if m["line"]}
     assert lines == {(6, "proofread_root_id"), (10, "current_root_id"), (12, "xmin")}
     assert all(m["file"] == str(csv) for m in r["malformed"])
     # every other id survived exactly: all samples still matched
     assert r["matched_samples"] == r["total_samples"]
     bench_ids = set(pq.read_table(bench_path)["current_root_id"].to_pylist())
     assert set(res.responses["current_root_id"].to_pylist()) == bench_ids
+
+
+def test_id_and_box_cells_are_read_exactly_or_rejected():
+    ok, ids = _parse_int_strings(pa.chunked_array([[
+        "864691134965949727", "", " 7", "-3", "8.6469113496594e17", "9223372036854775808", "9223372036854775807",
+    ]]))
+    assert ok.tolist() == [True, False, True, False, False, False, True]
+    assert ids[0] == 864691134965949727 and ids[-1] == 2**63 - 1  # exact, not through float
+    ok, clean = _parse_int_strings(pa.chunked_array([["864691134965949727", "864691134965949729"]]))
+    assert ok.all() and clean.tolist() == [864691134965949727, 864691134965949729]
+    ok, boxes = _parse_float_strings(pa.chunked_array([["425429.34", "1e999", " 2 ", "nan", "", "x"]]))
+    assert ok.tolist() == [True, False, True, False, False, False]
+    assert boxes[0] == 425429.34
 
 
 def test_second_file_adds_responses_in_file_order(tmp_path, small_benchmark, two_files):

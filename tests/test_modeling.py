@@ -246,3 +246,14 @@ def test_lora_target_modules_rejects_a_model_without_language_layers():
 
     with pytest.raises(UserError):
         lora_target_modules(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_lora_tune_merger_adapts_only_the_projector(students, kind):
+    model = load_model(students[kind])
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.0, tune_merger=True)
+    vision = [n for n in _adapted(peft_model) if "visual" in n]
+    assert vision and all("merger" in n for n in vision)
+    vc = model.config.vision_config
+    expected = 2 * (1 + len(vc.deepstack_visual_indexes)) if kind == "qwen3-vl" else 2
+    assert len(vision) == expected

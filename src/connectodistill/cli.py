@@ -155,6 +155,7 @@ def train(
     max_pixels: int = typer.Option(None, help="Max pixels per view.  [default: model's own, capped at 1024x1024]"),
     min_pixels: int = typer.Option(None, help="Min pixels per view.  [default: model's own]"),
     tune_vision: bool = typer.Option(None, "--tune-vision", help="Also adapt the vision blocks."),
+    tune_merger: bool = typer.Option(None, "--tune-merger", help="Also adapt the vision->language merger."),
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit", help="QLoRA: 4-bit base (CUDA only)."),
     target: str = typer.Option(None, help="teacher (teacher analyses) or ground-truth (templated).  [default: teacher]"),
     fill_missing: bool = typer.Option(

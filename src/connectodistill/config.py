@@ -63,6 +63,7 @@ class TrainConfig(_Config):
     max_pixels: int | None = Field(None, ge=1)
     min_pixels: int | None = Field(None, ge=1)
     tune_vision: bool = False
+    tune_merger: bool = False
     load_in_4bit: bool = False
     target: Literal["teacher", "ground-truth"] = "teacher"
     fill_missing: bool = False

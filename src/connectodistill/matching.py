@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import csv
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -400,6 +401,21 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
     return Teacher(pa.concat_tables(tables), malformed, malformed_count, files)
 
 
+def _pool() -> pa.MemoryPool:
+    """The memory pool for the large text buffers: jemalloc where pyarrow has it.
+
+    On Linux with transparent huge pages in ``madvise`` mode (common on cloud VMs) the
+    default mimalloc pool spent 2-3x more system time on the ~1 GB a large merge reads
+    (bench/README.md). A pool the user chose (ARROW_DEFAULT_MEMORY_POOL) is respected.
+    """
+    if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+        return pa.default_memory_pool()
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:
+        return pa.default_memory_pool()
+
+
 def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, list[dict], int]:
     """(well-formed rows, first malformed rows as {line, reason}, malformed count) of one CSV."""
     import pyarrow.csv as pacsv
@@ -421,7 +437,7 @@ def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, lis
 
     def on_bad_row(row) -> str:  # rows with the wrong number of cells
         skipped.append({"line": row.number, "reason": f"expected {row.expected_columns} cells, "
-                        f"got {row.actual_columns}"})
+                        f"got {row.actual_columns}: {row.text[:60]!r}"})
         return "skip"
 
     read_options = pacsv.ReadOptions(block_size=8 << 20)
@@ -438,9 +454,9 @@ def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, lis
             with Progress(console=console, transient=True) as bar, bar.open(
                 path, "rb", description=f"reading {path.name}"
             ) as f:
-                table = pacsv.read_csv(f, read_options, parse_options, convert_options)
+                table = pacsv.read_csv(f, read_options, parse_options, convert_options, memory_pool=_pool())
         else:
-            table = pacsv.read_csv(path, read_options, parse_options, convert_options)
+            table = pacsv.read_csv(path, read_options, parse_options, convert_options, memory_pool=_pool())
     except pa.ArrowInvalid as e:
         raise UserError(f"could not parse teacher CSV {path}: {data._first_line(e)}") from e
     table = table.rename_columns(wanted)
@@ -451,6 +467,12 @@ def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, lis
 
 def _parse_int_strings(arr) -> tuple[np.ndarray, np.ndarray]:
     """(valid mask, int64 values) of decimal integer text, exactly (0 where invalid)."""
+    try:  # the usual case, a clean column: one exact cast (text -> int64, never via float)
+        ints = _np(pc.cast(arr, pa.int64()), np.int64)
+        if (ints >= 0).all():
+            return np.ones(len(ints), dtype=bool), ints
+    except pa.ArrowInvalid:
+        pass
     s = pc.utf8_trim_whitespace(arr)
     ok = pc.match_substring_regex(s, r"^[0-9]{1,19}$")
     n_chars = pc.utf8_length(s)
@@ -462,10 +484,17 @@ def _parse_int_strings(arr) -> tuple[np.ndarray, np.ndarray]:
 
 def _parse_float_strings(arr) -> tuple[np.ndarray, np.ndarray]:
     """(valid mask, float64 values) of decimal number text (no nan/inf)."""
+    try:  # the usual case, a clean column: one cast
+        vals = _np(pc.cast(arr, pa.float64()), np.float64)
+        if np.isfinite(vals).all():
+            return np.ones(len(vals), dtype=bool), vals
+    except pa.ArrowInvalid:
+        pass
     s = pc.utf8_trim_whitespace(arr)
-    ok = pc.fill_null(pc.match_substring_regex(s, _FLOAT_RE), False)
-    vals = pc.cast(pc.if_else(ok, s, "0"), pa.float64())
-    return _np(ok, bool), _np(vals, np.float64)
+    ok = _np(pc.fill_null(pc.match_substring_regex(s, _FLOAT_RE), False), bool)
+    vals = _np(pc.cast(pc.if_else(pa.array(ok), s, "0"), pa.float64()), np.float64)
+    ok &= np.isfinite(vals)  # 1e999 is a number too, but not a coordinate
+    return ok, np.where(ok, vals, 0.0)
 
 
 def _np(arr, dtype) -> np.ndarray:
@@ -734,12 +763,13 @@ def build_table(bench: Benchmark, teacher: Teacher, votes: Votes, split: np.ndar
     no_analysis = _np(pc.match_substring_regex(t["analysis"], _NO_ANALYSIS), bool)
     analysis_rows = np.where((resp >= 0) & ~no_analysis[np.maximum(resp, 0)], resp, -1)
     columns = {
-        "teacher_analysis": t["analysis"].take(pa.array(analysis_rows, mask=analysis_rows < 0)),
+        "teacher_analysis": pc.take(t["analysis"], pa.array(analysis_rows, mask=analysis_rows < 0),
+                                    memory_pool=_pool()),
         "teacher_answer": letters.take(pa.array(teacher.code)).take(idx),
         "teacher_answer_raw": t["llm_answer"].take(idx),
         "teacher_correct": pa.array(teacher.correct).take(idx),
         "teacher_model": t["model"].take(idx),
-        "teacher_prompt": _prompt_texts(t["prompt"].take(idx)),
+        "teacher_prompt": _prompt_texts(pc.take(t["prompt"], idx, memory_pool=_pool())),
         "teacher_source": t["source"].take(idx),
         "teacher_index": t["index"].take(idx),
         "teacher_votes": pc.if_else(pa.array(resp >= 0), votes.summary.take(pa.array(rows)),

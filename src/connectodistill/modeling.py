@@ -37,6 +37,9 @@ _VISION_RE = (
     r"(?:attn\.(?:qkv|proj)"
     r"|mlp\.(?:fc1|fc2|linear_fc1|linear_fc2|gate_proj|up_proj|down_proj))"
 )
+# The vision -> language projector ("merger", Qwen's `tune_mm_mlp`): mlp.0/mlp.2 (Qwen2/2.5-VL),
+# linear_fc1/linear_fc2 plus the deepstack mergers (Qwen3-VL).
+_MERGER_RE = r"(?:.*\.)?visual\.(?:merger|deepstack_merger_list\.\d+)\.(?:mlp\.[02]|linear_fc1|linear_fc2)"
 
 
 def model_kind(config_or_model: Any) -> str:
@@ -241,18 +244,19 @@ def load_model(
 # --------------------------------------------------------------------------- LoRA
 
 
-def lora_target_modules(model: Any, *, tune_vision: bool = False) -> str:
+def lora_target_modules(model: Any, *, tune_vision: bool = False, tune_merger: bool = False) -> str:
     """A regex for peft's ``target_modules`` (matched with ``re.fullmatch`` on module names).
 
     Selects the language model's attention and MLP linear layers; with ``tune_vision`` also the
-    vision encoder blocks' attention (qkv, proj) and MLP linear layers. The patch embedding and
-    the merger (vision -> language projection) are never targeted. Checked against ``model``:
-    raises UserError if a part it should select has no linear layer.
+    vision encoder blocks' attention (qkv, proj) and MLP linear layers; with ``tune_merger`` the
+    merger (the vision -> language projection). The patch embedding is never targeted. Checked
+    against ``model``: raises UserError if a part it should select has no linear layer.
     """
     import torch
 
-    pattern = f"(?:{_LANGUAGE_RE})" + (f"|(?:{_VISION_RE})" if tune_vision else "")
-    language = vision = 0
+    pattern = (f"(?:{_LANGUAGE_RE})" + (f"|(?:{_VISION_RE})" if tune_vision else "")
+               + (f"|(?:{_MERGER_RE})" if tune_merger else ""))
+    language = vision = merger = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
@@ -260,6 +264,8 @@ def lora_target_modules(model: Any, *, tune_vision: bool = False) -> str:
             language += 1
         elif tune_vision and re.fullmatch(_VISION_RE, name):
             vision += 1
+        elif tune_merger and re.fullmatch(_MERGER_RE, name):
+            merger += 1
     if language == 0:
         raise UserError(
             f"no language-model linear layers found to adapt in {type(model).__name__}; "
@@ -267,6 +273,8 @@ def lora_target_modules(model: Any, *, tune_vision: bool = False) -> str:
         )
     if tune_vision and vision == 0:
         raise UserError(f"--tune-vision: no vision-block linear layers found in {type(model).__name__}")
+    if tune_merger and merger == 0:
+        raise UserError(f"--tune-merger: no merger linear layers found in {type(model).__name__}")
     return pattern
 
 
@@ -277,6 +285,7 @@ def add_lora(
     alpha: float,
     dropout: float,
     tune_vision: bool = False,
+    tune_merger: bool = False,
     gradient_checkpointing: bool = False,
 ):
     """Wrap ``model`` in a peft LoRA model (language model; vision blocks with ``tune_vision``)."""
@@ -305,7 +314,7 @@ def add_lora(
         r=int(r),
         lora_alpha=alpha,
         lora_dropout=float(dropout),
-        target_modules=lora_target_modules(model, tune_vision=tune_vision),
+        target_modules=lora_target_modules(model, tune_vision=tune_vision, tune_merger=tune_merger),
         bias="none",
     )
     return get_peft_model(model, config)

@@ -4,22 +4,22 @@ Several segments belong to one proofread neuron, so a row-level split would leak
 across train and test. ``assign_splits`` assigns whole groups, and spreads every label over
 the three splits in proportion as far as whole groups allow.
 
-How (stratified systematic sampling over groups, all numpy):
+How (a greedy balance over groups, like scikit-learn's ``StratifiedGroupKFold`` but for
+three splits of unequal size):
 
-1. Each group joins the stratum of its rarest label (a neuron with one rare segment must
-   not be allowed to pile up in one split; its common segments are many anyway).
-2. Within a stratum, groups are put in a seeded random order and laid end to end on a
-   circle of circumference 1 (each takes an arc proportional to its sample count), rotated by
-   a seeded random offset. A group whose midpoint falls in [0, test_size) goes to test,
-   in [test_size, test_size + val_size) to val, otherwise to train. So each stratum's
-   samples split in the target proportions up to one group, and a stratum too small for
-   a test share still gets one with the right probability.
-3. A split asked for (size > 0) that came out empty takes one group from the split with
-   the most groups, so a small dataset never yields a silently empty test set.
+1. Every split starts with a target count per label: its share (``1 - test - val``,
+   ``val``, ``test``) of that label's samples.
+2. Groups are taken largest first (ties in a seeded random order); each goes to the split
+   where it most reduces the sum of squared gaps between the splits' label counts and their
+   targets. Large and mixed-label neurons are placed while every split still has room; the
+   many small ones then fill the remaining gaps, so each label ends within about one group
+   of its target in every split.
+3. A split asked for (size > 0) that came out empty takes the smallest group of the split
+   with the most groups, so a small dataset never yields a silently empty test set.
 
 The result depends only on the (group, label) pairs and the seed, not on row order.
-scikit-learn's ``StratifiedGroupKFold`` would do a similar job, but costs ~1.5 s to import
-and ~5 s per split at 40k samples (a Python loop over groups x folds); merge must be fast.
+``StratifiedGroupKFold`` itself would cost ~1.5 s to import and ~5 s per split at 40k
+samples (it evaluates every fold with numpy for every group); merge must be fast.
 """
 
 from __future__ import annotations
@@ -75,35 +75,42 @@ def assign_splits(
                 f"give a {name} split of {frac:.0%} (needs at least {need}); lower --test-size/"
                 "--val-size or set them to 0"
             )
-    rng = np.random.default_rng(seed)
-
-    # 1. stratum of a group = rank of its rarest label (0 = rarest class overall)
-    _, l_inv, l_cnt = np.unique(labels, return_inverse=True, return_counts=True)
+    # label counts per group, as (group, label, count) runs sorted by group
+    _, l_inv = np.unique(labels, return_inverse=True)
     l_inv = l_inv.reshape(-1)
-    rarity = np.empty(len(l_cnt), dtype=np.int64)
-    rarity[np.lexsort((np.arange(len(l_cnt)), l_cnt))] = np.arange(len(l_cnt))
-    stratum = np.full(n_groups, len(l_cnt), dtype=np.int64)
-    np.minimum.at(stratum, g_inv, rarity[l_inv])
-    size = np.bincount(g_inv, minlength=n_groups).astype(np.float64)
+    n_labels = int(l_inv.max()) + 1
+    pairs, counts = np.unique(g_inv * n_labels + l_inv, return_counts=True)
+    pair_label = (pairs % n_labels).tolist()
+    pair_count = counts.tolist()
+    bounds = np.searchsorted(pairs // n_labels, np.arange(n_groups + 1)).tolist()
+    size = np.bincount(g_inv, minlength=n_groups)
+    per_label = np.bincount(l_inv, minlength=n_labels)
 
-    # 2. seeded order within strata, arcs on a circle, rotated by a seeded offset per stratum
-    perm = rng.permutation(n_groups)
-    order = perm[np.argsort(stratum[perm], kind="stable")]
-    st, sz = stratum[order], size[order]
-    n_strata = len(l_cnt) + 1
-    total = np.bincount(st, weights=sz, minlength=n_strata)
-    start = np.concatenate(([0.0], np.cumsum(total)[:-1]))
-    mid = (np.cumsum(sz) - sz / 2 - start[st]) / total[st]
-    phase = (mid + rng.random(n_strata)[st]) % 1.0
-    code = np.where(phase < test_size, 2, np.where(phase < test_size + val_size, 1, 0))
+    # 1. gap to target per (split, label); 2. largest groups first, ties in seeded order
+    active = [s for s, name in enumerate(SPLITS) if targets[name] > 0]
+    gap = {s: (-targets[SPLITS[s]] * per_label).tolist() for s in active}
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(n_groups), -size))
     group_split = np.empty(n_groups, dtype=np.int64)
-    group_split[order] = code
+    for g in order.tolist():
+        lo, hi = bounds[g], bounds[g + 1]
+        best, best_cost = active[0], float("inf")
+        for s in active:
+            d = gap[s]
+            # change of sum(gap^2) if the group joins s: sum over its labels of x * (2 gap + x)
+            cost = sum(x * (2 * d[c] + x) for c, x in zip(pair_label[lo:hi], pair_count[lo:hi], strict=True))
+            if cost < best_cost:
+                best, best_cost = s, cost
+        group_split[g] = best
+        d = gap[best]
+        for c, x in zip(pair_label[lo:hi], pair_count[lo:hi], strict=True):
+            d[c] += x
 
-    # 3. no requested split left empty (tiny datasets): borrow a group from the largest split
-    for s, name in enumerate(SPLITS):
-        if targets[name] > 0 and not (group_split == s).any():
-            donor = int(np.argmax(np.bincount(group_split, minlength=3)))
-            candidates = order[group_split[order] == donor]  # seeded order, common strata last
+    # 3. no requested split left empty (tiny datasets): borrow the donor's smallest group
+    for s in active:
+        if not (group_split == s).any():
+            donor = int(np.argmax(np.bincount(group_split, minlength=len(SPLITS))))
+            candidates = order[group_split[order] == donor]  # largest first
             group_split[candidates[-1]] = s
 
     return np.asarray(SPLITS, dtype="<U5")[group_split[g_inv]]

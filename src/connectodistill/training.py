@@ -301,7 +301,8 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     cuda = torch.cuda.is_available()
     gradient_checkpointing = cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                     tune_vision=cfg.tune_vision, gradient_checkpointing=gradient_checkpointing)
+                     tune_vision=cfg.tune_vision, tune_merger=cfg.tune_merger,
+                     gradient_checkpointing=gradient_checkpointing)
     collator = DistillCollator(processor, image_cols, cfg.max_length)
 
     # 3. Run folder (fixed when resuming) and the Trainer.
