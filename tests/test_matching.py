@@ -75,7 +75,8 @@ def reference(bench_path, csvs):
     for r in bench:
         letters = by_key.get((r["proofread_root_id"], r["current_root_id"]), [])
         truth = DESCRIPTION_TO_LETTER[r["class_description"]]
-        out.append({"letters": letters, "truth": truth, "majority": majority_vote(letters)[0]})
+        majority, share = majority_vote(letters)
+        out.append({"letters": letters, "truth": truth, "majority": majority, "share": share})
     return out
 
 
@@ -129,6 +130,7 @@ def test_scores_agree_with_a_slow_reference(default_run, small_benchmark, teache
     assert r["correct_responses"] == sum(sum(a == x["truth"] for a in x["letters"]) for x in ref)
     assert r["majority_accuracy"] == pytest.approx(np.mean([x["majority"] == x["truth"] for x in ref]))
     assert r["samples_with_correct_response"] == sum(x["truth"] in x["letters"] for x in ref)
+    assert r["mean_majority_share"] == pytest.approx(np.mean([x["share"] for x in ref]))
     # the vote summary is per sample, majority first, and adds up to the responses
     votes = default_run.table["teacher_votes"].to_pylist()
     for v, x in zip(votes, ref, strict=True):
@@ -561,3 +563,40 @@ def test_prompt_text_round_trips_any_text():
         blocks = [{"type": "image", "source": {"data": "QUJD"}}, {"type": "text", "text": text}]
         for cell in (repr(blocks), json.dumps(blocks), repr(blocks[::-1]), json.dumps(blocks[::-1])):
             assert prompt_text(cell) == (text or None), (text, cell)
+
+
+def test_load_benchmark_local_forms(tmp_path, plain_bench, small_benchmark):
+    import datasets
+
+    bench = pq.read_table(plain_bench[0])
+    folder = tmp_path / "folder" / "data"
+    folder.mkdir(parents=True)
+    pq.write_table(bench.slice(0, 50), folder / "train-00000-of-00002.parquet")
+    pq.write_table(bench.slice(50), folder / "train-00001-of-00002.parquet")
+    pq.write_table(bench.slice(0, 3), folder / "test-00000-of-00001.parquet")
+    assert data.load_benchmark(str(tmp_path / "folder")).equals(bench)  # only the train files
+    assert data.load_benchmark(str(tmp_path / "folder"), split="test").num_rows == 3
+
+    ds = datasets.Dataset(pq.read_table(small_benchmark))
+    ds.save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(tmp_path / "dict"))
+    for path in ("saved", "dict"):
+        t = data.load_benchmark(str(tmp_path / path))
+        assert t.num_rows == ds.num_rows
+        assert data.is_image_type(t.schema.field("option_1_front_image").type)  # not decoded
+    with pytest.raises(UserError, match="split 'validation'"):
+        data.load_benchmark(str(tmp_path / "dict"), split="validation")
+    with pytest.raises(UserError, match="no parquet files"):
+        (tmp_path / "empty").mkdir()
+        data.load_benchmark(str(tmp_path / "empty"))
+
+
+def test_atomic_writers_leave_nothing_on_failure(tmp_path):
+    target = tmp_path / "a" / "x.json"
+    data.atomic_write_json(target, {"id": 864691134965949727})
+    assert json.loads(target.read_text()) == {"id": 864691134965949727}
+    with pytest.raises(RuntimeError), data.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert json.loads(target.read_text()) == {"id": 864691134965949727}
+    assert sorted(p.name for p in target.parent.iterdir()) == ["x.json"]

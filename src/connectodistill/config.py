@@ -117,7 +117,7 @@ class DemoConfig(_Config):
     seed: int = 0
     samples: int = 2000
     image_size: int = 64
-    epochs: float = 10
+    epochs: float = 3
     max_new_tokens: int = 48
     force: bool = False
     progress: bool = True

@@ -657,8 +657,7 @@ def score_responses(bench: Benchmark, teacher: Teacher) -> Teacher:
     letter_code = {x: i for i, x in enumerate(LETTERS)}
     codes = np.array([letter_code.get(parse_answer(a), _UNPARSED_CODE) for a in uniq.to_pylist()],
                      dtype=np.int64)
-    teacher.code = codes[_np(pc.index_in(answers, value_set=uniq), np.int64)] if len(uniq) else \
-        np.zeros(0, dtype=np.int64)
+    teacher.code = codes[_np(pc.index_in(answers, value_set=uniq), np.int64)]
     seg = teacher.segment
     truth = np.where(seg >= 0, bench.truth[np.maximum(seg, 0)], -1)
     teacher.correct = (seg >= 0) & (teacher.code == truth)
@@ -969,6 +968,8 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
         "unparsed_responses": int((teacher.code[matched_resp] == _UNPARSED_CODE).sum()),
         "response_accuracy": n_correct / n_matched if n_matched else 0.0,
         "majority_accuracy": int(majority_right.sum()) / matched_samples if matched_samples else 0.0,
+        # how much the K responses of a sample agree: 1.0 = always the same letter
+        "mean_majority_share": float(votes.share[has].mean()) if matched_samples else 0.0,
         "samples_with_correct_response": int((votes.correct > 0).sum()),
         "output_rows": output_rows,
         "per_class": per_class,
