@@ -336,8 +336,12 @@ def test_response_accuracy_defects_and_analysis(meta_bench, tmp_path):
     # the analysis describes the letter that was answered, right or wrong
     ok = parsed.notna()
     assert all(
-        a in ANALYSIS_PHRASES[p] for a, p in zip(df["analysis"][ok], parsed[ok], strict=True)
+        a.rsplit(" It spans", 1)[0] in ANALYSIS_PHRASES[p]
+        for a, p in zip(df["analysis"][ok], parsed[ok], strict=True)
     )
+    # The K analyses of one segment differ (merge counts identical responses once).
+    per_segment = df[ok].groupby("current root id")["analysis"]
+    assert (per_segment.nunique() / per_segment.size()).mean() > 0.9
     # lower accuracy lowers it
     [low] = make_teacher_csvs(meta_bench, tmp_path / "low", k=5, accuracy=0.5, seed=0)
     low_df = read_csv(low)

@@ -118,7 +118,7 @@ class DemoConfig(_Config):
     samples: int = 2000
     image_size: int = 64
     epochs: float = 3
-    max_new_tokens: int = 48
+    max_new_tokens: int = 64
     force: bool = False
     progress: bool = True
 

@@ -8,7 +8,7 @@
 See docs/offline-kit.md.
 """
 
-from .benchmark import ANALYSIS_PHRASES, make_benchmark, make_teacher_csvs
+from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES, make_benchmark, make_teacher_csvs
 from .student import make_tiny_student
 
-__all__ = ["ANALYSIS_PHRASES", "make_benchmark", "make_teacher_csvs", "make_tiny_student"]
+__all__ = ["ANALYSIS_DETAIL", "ANALYSIS_PHRASES", "make_benchmark", "make_teacher_csvs", "make_tiny_student"]

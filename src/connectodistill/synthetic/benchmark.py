@@ -35,7 +35,7 @@ from ..task import (
     VIEWS,
 )
 
-__all__ = ["ANALYSIS_PHRASES", "CLASS_FREQUENCIES", "make_benchmark", "make_teacher_csvs"]
+__all__ = ["ANALYSIS_DETAIL", "ANALYSIS_PHRASES", "CLASS_FREQUENCIES", "make_benchmark", "make_teacher_csvs"]
 
 # Class frequencies, roughly those of the real MICrONS segment-classification task.
 CLASS_FREQUENCIES: dict[str, float] = {
@@ -47,6 +47,8 @@ CLASS_FREQUENCIES: dict[str, float] = {
     "f": 0.03,
     "g": 0.03,
 }
+
+ANALYSIS_DETAIL = "It spans about {n} um in the front view."
 
 # One short description per answered letter; the teacher's `analysis` picks one.
 ANALYSIS_PHRASES: dict[str, tuple[str, ...]] = {
@@ -548,7 +550,10 @@ def _one_response(
     else:  # mistakes are mostly systematic: the segment's usual confusion
         letter = usual_mistake if rng.random() < 0.7 else _confusion(true_letter, rng)
     phrases = ANALYSIS_PHRASES[letter]
-    analysis = phrases[int(rng.integers(len(phrases)))]
+    # A measured detail makes the K analyses of a segment differ, as a real teacher's do
+    # (merge counts identical responses once).
+    detail = ANALYSIS_DETAIL.format(n=int(rng.integers(5, 60)))
+    analysis = f"{phrases[int(rng.integers(len(phrases)))]} {detail}"
     answer = letter
     if not defects:
         return analysis, answer

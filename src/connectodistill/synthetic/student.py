@@ -169,11 +169,9 @@ def make_tiny_student(
 def _corpus() -> list[str]:
     from ..conversation import tokenizer_corpus
 
-    try:
-        from .benchmark import ANALYSIS_PHRASES
-    except ImportError:  # the benchmark module is optional for the student
-        ANALYSIS_PHRASES = {}
-    texts = list(tokenizer_corpus())
+    from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES
+
+    texts = list(tokenizer_corpus()) + [ANALYSIS_DETAIL.format(n=n) for n in range(5, 60)]
     for phrases in dict(ANALYSIS_PHRASES).values():
         if isinstance(phrases, str):
             texts.append(phrases)
