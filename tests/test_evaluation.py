@@ -101,7 +101,7 @@ def test_blank_images_and_simple_prompt_ablations(trained_run, tmp_path):
 def test_report_scores_the_teacher_on_exactly_the_same_ids(student_result, merged_small, tmp_path):
     md = report(results=[student_result], merged=merged_small, output=tmp_path / "report")
     table = pd.read_csv(md.with_suffix(".csv"))
-    assert list(table["model"]) == ["student", "teacher (all responses)", "teacher (majority vote)"]
+    assert list(table["model"]) == ["teacher (all responses)", "teacher (majority vote)", "student"]
     assert table["same_samples"].all()
     preds = pd.read_csv(student_result / "predictions.csv")
     ids = _keys(preds)

@@ -89,18 +89,20 @@ def report(config: ReportConfig | None = None, **overrides) -> Path:
             raise UserError(f"{rp} not found: `merge` writes it beside {cfg.merged}")
         responses = pd.read_parquet(rp)
 
+    # The teacher first (the reference), once per distinct sample set; then every result.
     rows, teacher_done = [], set()
-    for folder, summary, preds in loaded:
-        note = "INCLUDES TRAIN SAMPLES" if summary.get("includes_train_samples") else ""
-        rows.append(_row(summary.get("name", folder.name), summary, summary["sample_ids_hash"], note))
+    for _, summary, preds in loaded:
         h = summary["sample_ids_hash"]
         if responses is not None and h not in teacher_done:
             teacher_done.add(h)
             truth = {(int(p), int(c)): t for p, c, t in
                      zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], preds["ground_truth_letter"], strict=True)}
             rows += teacher_rows(responses, truth, h)
+    for folder, summary, _ in loaded:
+        note = "INCLUDES TRAIN SAMPLES" if summary.get("includes_train_samples") else ""
+        rows.append(_row(summary.get("name", folder.name), summary, summary["sample_ids_hash"], note))
 
-    reference = rows[0]["sample_ids_hash"]
+    reference = loaded[0][1]["sample_ids_hash"]  # the first result's samples
     for r in rows:
         r["same_samples"] = r["sample_ids_hash"] == reference
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
