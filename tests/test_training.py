@@ -220,3 +220,21 @@ def test_two_process_cpu_run_saves_one_adapter(merged_small, tiny_student, tmp_p
     assert len(runs) == 1
     assert (runs[0] / "adapter_model.safetensors").is_file()
     assert json.loads((runs[0] / "training_config.json").read_text())["global_step"] > 0
+
+
+def test_select_by_val_accuracy_and_wandb_offline(merged_small, tiny_student, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # must never reach the run folder
+    run = train(augmented_dataset=merged_small, model=str(tiny_student), output_dir=tmp_path / "runs",
+                run_name="valacc", epochs=2, num_samples=16, batch_size=8, gradient_accumulation=1,
+                learning_rate=3e-3, select_by="val_accuracy", max_new_tokens=8, use_wandb=True,
+                progress=False)
+    cfg = json.loads((run / "training_config.json").read_text())
+    history = json.loads((run / "loss_history.json").read_text())
+    accs = [h["eval_val_accuracy"] for h in history if "eval_val_accuracy" in h]
+    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert cfg["best_metric"] == max(accs)
+    assert cfg["best_checkpoint"] is not None
+    assert list((tmp_path / "wandb").glob("offline-run-*"))  # W&B wrote its offline run
+    assert "x" * 40 not in "".join(p.read_text(errors="ignore") for p in run.glob("*.json"))

@@ -72,7 +72,7 @@ def _user_errors():
 def _configs(cls: type, config_file: Path | None, flags: dict[str, Any]):
     """(command config, remote config) from defaults < file < flags."""
     values = load_config_file(config_file)
-    remote_values = values.pop("remote", None) or {}
+    remote_values = {str(k).replace("-", "_"): v for k, v in (values.pop("remote", None) or {}).items()}
     remote_flags = {k: flags.pop(k) for k in ("gpu", "timeout", "detach") if k in flags}
     cfg = build_config(cls, values, flags)
     remote = build_config(RemoteConfig, remote_values, remote_flags)
@@ -212,6 +212,10 @@ def eval_(
     min_pixels: int = typer.Option(None, help="Min pixels per view.  [default: the run's]"),
     blank_images: bool = typer.Option(None, "--blank-images", help="Ablation: grey images."),
     simple_prompt: bool = typer.Option(None, "--simple-prompt", help="Ablation: a trivial prompt."),
+    with_description: bool = typer.Option(
+        None, "--with-description/--without-description",
+        help="Species guidance in the prompt.  [default: the run's; for a base model, as the teacher had it]",
+    ),
     allow_train_samples: bool = typer.Option(
         None, "--allow-train-samples", help="Allow samples the adapter trained on (flagged)."
     ),
@@ -256,7 +260,7 @@ def eval_(
 def report(
     results: list[Path] = typer.Argument(None, help="Result folders (or their summary.json).", show_default=False),
     merged: Path = typer.Option(None, help="Merged parquet: adds the teacher on the same ids."),
-    output: Path = typer.Option(None, help="Table path stem (.md and .csv).  [default: report]"),
+    output: Path = typer.Option(None, help="Table path stem: writes STEM.md and STEM.csv.  [default: ./report]"),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """One table: every evaluated model, plus the teacher scored on exactly the same samples."""
@@ -309,7 +313,7 @@ def fetch(
     def go():
         from .remote import fetch as fetch_fn
 
-        values = load_config_file(config).get("remote", {})
+        values = load_config_file(config).get("remote") or {}
         fetch_fn(name, output_dir, build_config(RemoteConfig, values, {}))
 
     _run(go)

@@ -113,7 +113,9 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
             result["student_blank_images_accuracy"] <= result["majority_class_rate"] + 0.1,
         "under_5_minutes": result["total_seconds"] < 300,
     }
-    (out / "report.json").write_text(json.dumps(result, indent=1))
+    from .data import atomic_write_json
+
+    atomic_write_json(out / "report.json", result, indent=1)
     console.print(
         f"[bold]demo done in {result['total_seconds']:.0f} s[/]: student {result['student_accuracy']:.3f}, "
         f"base {result['base_accuracy']:.3f}, blank images {result['student_blank_images_accuracy']:.3f}, "

@@ -36,7 +36,7 @@ from .training import RUN_CONFIG
 
 PREDICTION_COLUMNS = (
     "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
-    "parsed", "correct", "analysis", "response",
+    "parsed", "correct", "analysis", "response", "in_train",
 )
 
 
@@ -81,7 +81,11 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
         run_dir = Path(cfg.adapter_path)
         if not (run_dir / RUN_CONFIG).is_file():
             raise UserError(f"{run_dir}: no {RUN_CONFIG}; pass a run folder written by `connectodistill train`")
-        run = json.loads((run_dir / RUN_CONFIG).read_text())
+        try:
+            run = json.loads((run_dir / RUN_CONFIG).read_text())
+            run["base_model"], run["pixel_budget"]["max_pixels"], run["splits"]  # noqa: B018
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{run_dir / RUN_CONFIG}: unreadable or incomplete ({e}); re-run train") from e
         s = {
             "base_model": run["base_model"],
             "dataset_name": run.get("dataset_name"),
@@ -96,6 +100,13 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
         }
         if run.get("prompt_template_hash") != prompt_template_hash():
             _mismatch(cfg, "prompt template", run.get("prompt_template_hash"), prompt_template_hash())
+        if cfg.merged is not None:  # a different merge would mean different split lists
+            from .data import read_merged
+
+            if not Path(cfg.merged).is_file():
+                raise UserError(f"merged file not found: {cfg.merged}")
+            if read_merged(cfg.merged)[1].get("splits") != run["splits"]:
+                _mismatch(cfg, "--merged split lists", "the run's", str(cfg.merged))
         for flag, key in (("base_model", "base_model"), ("dataset_name", "dataset_name"),
                           ("config_name", "config_name"), ("dataset_split", "dataset_split"),
                           ("with_description", "with_description"), ("min_pixels", "min_pixels"),
@@ -108,18 +119,23 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.base_model is None:
         raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
     report: dict[str, Any] = {}
+    guidance = True
     if cfg.merged is not None:
         from .data import read_merged
+        from .training import teacher_guidance
 
         if not Path(cfg.merged).is_file():
             raise UserError(f"merged file not found: {cfg.merged}")
-        _, report = read_merged(cfg.merged)
+        table, report = read_merged(cfg.merged)
+        # The same default as train: a base model sees the prompt the student was trained with.
+        if "teacher_with_description" in table.column_names:
+            guidance = teacher_guidance(table.select(["teacher_with_description"]).to_pandas())
     return {
         "base_model": cfg.base_model,
         "dataset_name": cfg.dataset_name or report.get("dataset_name") or DEFAULT_DATASET,
         "config_name": cfg.config_name or report.get("config_name") or DEFAULT_CONFIG,
         "dataset_split": cfg.dataset_split or report.get("dataset_split") or DEFAULT_DATASET_SPLIT,
-        "with_description": True if cfg.with_description is None else cfg.with_description,
+        "with_description": guidance if cfg.with_description is None else cfg.with_description,
         "min_pixels": cfg.min_pixels,
         "max_pixels": cfg.max_pixels,
         "splits": report.get("splits"),
@@ -138,6 +154,16 @@ def _mismatch(cfg: EvalConfig, what: str, trained: Any, given: Any) -> None:
 
 def select_samples(bench, settings: dict, cfg: EvalConfig):
     """Benchmark rows to score (pandas), the split name, and whether train samples are included."""
+    import pyarrow as pa
+
+    for col in ID_COLUMNS:
+        if col not in bench.column_names or not pa.types.is_integer(bench.schema.field(col).type):
+            raise UserError(
+                f"benchmark {settings['dataset_name']}: column {col} missing or not integer "
+                "(18-digit ids must be stored as int64)"
+            )
+    if label_column(bench.column_names) is None:
+        raise UserError(f"benchmark {settings['dataset_name']}: no ground_truth/class_description column")
     df = bench.to_pandas()
     splits = settings["splits"]
     split = cfg.split or ("test" if splits else "all")
@@ -147,20 +173,31 @@ def select_samples(bench, settings: dict, cfg: EvalConfig):
         keys = {tuple(int(x) for x in pair) for pair in splits.get(split, [])}
         mask = [(int(p), int(c)) in keys for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)]
         df = df[mask]
-    train_keys = {tuple(int(x) for x in p) for p in (splits or {}).get("train", [])}
+    trained = train_keys(settings)
     includes_train = cfg.adapter_path is not None and any(
-        (int(p), int(c)) in train_keys for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)
+        (int(p), int(c)) in trained for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)
     )
     if includes_train and not cfg.allow_train_samples:
         raise UserError(
             f"--split {split} includes samples this adapter trained on; "
             "evaluate on test/val or pass --allow-train-samples (results are then flagged)"
         )
+    if split == "all" and not splits:
+        from rich.console import Console
+
+        Console(stderr=True).print(
+            f"[yellow]no split lists (no --merged, no adapter): scoring all {len(df)} samples of "
+            f"{settings['dataset_name']}[/]"
+        )
     if cfg.num_samples:
         df = df.head(cfg.num_samples)
     if df.empty:
         raise UserError(f"no samples selected (split {split!r} of {settings['dataset_name']})")
     return df, split, includes_train
+
+
+def train_keys(settings: dict) -> set[tuple[int, int]]:
+    return {tuple(int(x) for x in p) for p in (settings["splits"] or {}).get("train", [])}
 
 
 def sample_ids_hash(pids, cids) -> str:
@@ -228,6 +265,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
     # 4. Score: one parser (shared with merge); unparsed answers count as wrong.
     parsed = [parse_response(r) for r in responses]
+    trained = train_keys(settings) if cfg.adapter_path is not None else set()  # flagged per row
     predicted = [letter for _, letter in parsed]
     metrics = classification_metrics(truth, predicted, seed=cfg.seed)
     import pandas as pd
@@ -242,6 +280,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "correct": [p == t for p, t in zip(predicted, truth, strict=True)],
         "analysis": [a for a, _ in parsed],
         "response": responses,
+        "in_train": [(int(p), int(c)) in trained for p, c in
+                     zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)],
     })
     counts = pd.Series(truth).value_counts()
     summary = {
@@ -301,7 +341,8 @@ def plot_confusion(summary: dict, path: Path) -> None:
             if m[i, j]:
                 ax.text(j, i, str(m[i, j]), ha="center", va="center",
                         color="white" if m[i, j] > m.max() / 2 else "black")
-    ax.set_title(f"{summary['name']}\naccuracy {summary['accuracy']:.3f} (n={summary['n']})", fontsize=9)
+    flag = "  [INCLUDES TRAIN SAMPLES]" if summary.get("includes_train_samples") else ""
+    ax.set_title(f"{summary['name']}{flag}\naccuracy {summary['accuracy']:.3f} (n={summary['n']})", fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -299,6 +299,8 @@ def _train_multi_gpu(cfg: TrainConfig, gpus: int, commit) -> None:
         if done:
             break
         time.sleep(CHECKPOINT_POLL_SECONDS)
+    if proc.returncode == 2:  # our CLI's exit code for bad input: not worth a retry
+        raise UserError("multi-GPU training refused its input: see the `error:` line in the log above")
     if proc.returncode:
         raise RuntimeError(f"multi-GPU training failed (accelerate exit code {proc.returncode})")
 

@@ -27,7 +27,11 @@ def _load_result(path: Path):
     folder = path.parent if path.name == "summary.json" else path
     if not (folder / "summary.json").is_file() or not (folder / "predictions.csv").is_file():
         raise UserError(f"{path}: not an eval output folder (needs summary.json and predictions.csv)")
-    summary = json.loads((folder / "summary.json").read_text())
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["sample_ids_hash"], summary["accuracy"]  # noqa: B018 - the fields the table needs
+    except (ValueError, KeyError) as e:
+        raise UserError(f"{folder / 'summary.json'}: unreadable or incomplete ({e}); re-run eval") from e
     preds = pd.read_csv(folder / "predictions.csv", dtype={c: "int64" for c in ID_COLUMNS})
     return folder, summary, preds
 
@@ -107,13 +111,17 @@ def report(config: ReportConfig | None = None, **overrides) -> Path:
         r["same_samples"] = r["sample_ids_hash"] == reference
     table = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
-    out = Path(cfg.output) if cfg.output else loaded[0][0].parent / "report"
+    # Default: ./report.{md,csv}, never inside results/ (a later `report results/*` would pick it up).
+    out = Path(cfg.output) if cfg.output else Path("report")
+    if out.suffix in (".md", ".csv"):
+        out = out.with_suffix("")
     from .data import atomic_write_text
 
-    atomic_write_text(out.with_suffix(".csv"), table.to_csv(index=False))
-    atomic_write_text(out.with_suffix(".md"), to_markdown(table))
+    md, csv = out.with_name(out.name + ".md"), out.with_name(out.name + ".csv")
+    atomic_write_text(csv, table.to_csv(index=False))
+    atomic_write_text(md, to_markdown(table))
     print_table(table)
-    return out.with_suffix(".md")
+    return md
 
 
 def _fmt_ci(v, ci) -> str:
@@ -131,7 +139,8 @@ def to_markdown(table) -> str:
             f"{mark}{' - ' + r['note'] if r['note'] else ''} |"
         )
     lines.append("")
-    lines.append("Intervals: percentile bootstrap over samples (teacher 'all responses': over responses).")
+    lines.append("Intervals: percentile bootstrap over samples; for 'teacher (all responses)' over responses, "
+                 "which treats a sample's K answers as independent, so that interval is too narrow.")
     return "\n".join(lines) + "\n"
 
 

@@ -84,6 +84,12 @@ def build_examples(df, *, target: str, fill_missing: bool, with_description: boo
     return examples, skipped
 
 
+def teacher_guidance(df) -> bool:
+    """Species guidance on when most of the teacher's responses had it (on when unknown)."""
+    flags = df["teacher_with_description"].dropna() if "teacher_with_description" in df else []
+    return bool(len(flags) == 0 or flags.astype(bool).mean() >= 0.5)
+
+
 def _is_true(value) -> bool:
     """True for True / numpy True; False for False, None, NaN and pandas NA."""
     return type(value).__name__ in ("bool", "bool_") and bool(value)
@@ -171,7 +177,11 @@ def run_folder_name(cfg: TrainConfig, teacher_models: list[str], n_train: int) -
     samples = cfg.num_samples if cfg.num_samples else "all"
     parts = [model_short, cfg.run_name, teacher, stamp, f"samples{samples}",
              f"epochs{cfg.epochs:g}", f"lr{cfg.learning_rate:g}", f"r{cfg.lora_r}"]
-    return "_".join(re.sub(r"[^\w.-]+", "-", str(p)) for p in parts if p)
+    return "_".join(_safe(p) for p in parts if p)
+
+
+def _safe(part) -> str:
+    return re.sub(r"[^\w.-]+", "-", str(part))
 
 
 def _teacher_tag(models: list[str]) -> str:
@@ -187,7 +197,7 @@ def find_resume_dir(cfg: TrainConfig) -> Path:
         return Path(cfg.run_dir)
     runs = sorted(
         (p for p in Path(cfg.output_dir).glob("*") if (p / "checkpoints").is_dir()
-         and (cfg.run_name is None or f"_{cfg.run_name}_" in p.name)),
+         and (cfg.run_name is None or f"_{_safe(cfg.run_name)}_" in p.name)),
         key=lambda p: p.stat().st_mtime,
     )
     if not runs:
@@ -274,12 +284,12 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     val_df = pick_rows(df, splits, "val")
     with_description = cfg.with_description
     if with_description is None:  # follow the teacher: guidance on when its prompt had it
-        flags = train_df["teacher_with_description"].dropna() if "teacher_with_description" in train_df else []
-        with_description = bool(len(flags) == 0 or flags.astype(bool).mean() >= 0.5)
+        with_description = teacher_guidance(train_df)
     train_ex, skipped = build_examples(train_df, target=cfg.target, fill_missing=cfg.fill_missing,
                                        with_description=with_description)
-    val_ex, _ = build_examples(val_df, target=cfg.target, fill_missing=cfg.fill_missing,
-                               with_description=with_description)
+    # Validation scores every val sample once, whatever the teacher said about it.
+    val_ex, _ = build_examples(val_df.drop_duplicates(list(ID_COLUMNS)), target=cfg.target,
+                               fill_missing=True, with_description=with_description)
     if cfg.num_samples:
         train_ex = train_ex[: cfg.num_samples]
     if not train_ex:
@@ -288,7 +298,8 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
             "correct teacher analysis); use --fill-missing or --target ground-truth"
         )
     test_keys = {tuple(p) for p in splits.get("test", [])}
-    assert not any(ex.key in test_keys for ex in train_ex + val_ex), "test sample in training data"
+    if any(ex.key in test_keys for ex in train_ex + val_ex):  # cannot happen; guards the split logic
+        raise RuntimeError("a test sample reached the training data")
 
     # 2. Student: processor with the pixel budget, base model, LoRA on the language model.
     import torch
@@ -319,6 +330,10 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
         raise UserError(f"--resume: {run_dir} has no checkpoint to continue from")
 
     has_val = bool(val_ex) and cfg.select_by != "last"
+    if cfg.select_by != "last" and not val_ex:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]no val rows: --select-by {cfg.select_by} falls back to the last checkpoint[/]")
     metric = {"val_loss": "eval_loss", "val_accuracy": "eval_val_accuracy"}.get(cfg.select_by)
     if cfg.use_wandb:
         os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
@@ -385,7 +400,8 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
             "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode()).hexdigest(),
             "pixel_budget": budget,
             "image_columns": list(image_cols),
-            "select_by": cfg.select_by,
+            # What really chose the kept weights: without val rows there is nothing to select on.
+            "select_by": cfg.select_by if has_val else "last",
             "best_checkpoint": trainer.state.best_model_checkpoint,
             "best_metric": trainer.state.best_metric,
             "global_step": trainer.state.global_step,

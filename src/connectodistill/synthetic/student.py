@@ -168,7 +168,6 @@ def make_tiny_student(
 
 def _corpus() -> list[str]:
     from ..conversation import tokenizer_corpus
-
     from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES
 
     texts = list(tokenizer_corpus()) + [ANALYSIS_DETAIL.format(n=n) for n in range(5, 60)]
