@@ -18,7 +18,7 @@ from .config import DemoConfig, resolve
 from .errors import UserError
 
 # Settings chosen so a tiny student learns the synthetic shapes in about two minutes on 2 CPU
-# cores (measurements in docs/offline-kit.md): the vision tower of a random tiny model carries
+# cores (measurements in bench/README.md, "demo"): the vision tower of a random tiny model carries
 # little class signal, so LoRA also adapts the vision blocks and the vision->language merger;
 # a high learning rate and many small steps.
 TRAIN_SETTINGS = dict(batch_size=8, gradient_accumulation=1, learning_rate=3e-3, lora_r=16,
