@@ -16,6 +16,7 @@ column types): it costs about a second at import.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -315,3 +316,12 @@ def read_merged(path: str | os.PathLike) -> tuple[pa.Table, dict]:
     except ValueError as e:
         raise UserError(f"{path}: the {METADATA_KEY!r} schema metadata is not valid JSON") from e
     return table, report
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -515,12 +515,7 @@ def _files(path: Path) -> list[tuple[str, Path]]:
 
 
 def _sha256(path: Path) -> str:
-    def file_hash(p: Path) -> str:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+    from .data import sha256_file as file_hash
 
     if path.is_file():
         return file_hash(path)

@@ -216,14 +216,6 @@ def last_checkpoint(run_dir: Path) -> str | None:
     return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -261,7 +253,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
 
     # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,
     #    which may be filtered. Test rows are never read into the training set.
-    from .data import read_merged
+    from .data import read_merged, sha256_file
 
     merged_path = Path(cfg.augmented_dataset)
     if not merged_path.is_file():
