@@ -148,3 +148,23 @@ def test_bad_eval_input_exits_2(case, trained_run, tmp_path):
     assert needle in r.output and "Traceback" not in r.output
     assert r.output.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_teacher_interval_resamples_samples_not_responses():
+    from connectodistill.reporting import cluster_bootstrap
+    from connectodistill.scoring import classification_metrics
+
+    # 40 samples x 5 responses; each sample's responses all right or all wrong (correlated).
+    rows = []
+    for i in range(40):
+        truth, right = "ac"[i % 2], i % 4 != 0
+        for k in range(5):
+            rows.append({"proofread_root_id": 864691134965949000 + i, "current_root_id": 864691135000000000 + i,
+                         "ground_truth_letter": truth, "teacher_answer": truth if right else "d",
+                         "teacher_correct": right})
+    df = pd.DataFrame(rows)
+    naive = classification_metrics(df["ground_truth_letter"].tolist(), df["teacher_answer"].tolist())
+    cluster = cluster_bootstrap(df)
+    width = lambda ci: ci[1] - ci[0]  # noqa: E731
+    assert width(cluster["accuracy_ci"]) > 1.5 * width(naive["accuracy_ci"])
+    assert cluster["accuracy_ci"][0] < 0.75 < cluster["accuracy_ci"][1]

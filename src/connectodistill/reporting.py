@@ -50,6 +50,7 @@ def teacher_rows(responses, truth: dict[tuple[int, int], str], sample_hash: str)
     rows = []
     if len(sel):
         m = classification_metrics(sel["ground_truth_letter"].tolist(), _none(sel["teacher_answer"].tolist()))
+        m.update(cluster_bootstrap(sel))  # resample samples, not responses
         n_with = sel.groupby([pid, cid]).ngroups
         rows.append(_row("teacher (all responses)", m, sample_hash,
                          note=f"{len(sel)} responses on {n_with} of {len(truth)} samples"))
@@ -62,6 +63,33 @@ def teacher_rows(responses, truth: dict[tuple[int, int], str], sample_hash: str)
     rows.append(_row("teacher (majority vote)", m, sample_hash,
                      note=f"{missing} samples without a teacher response count as wrong" if missing else ""))
     return rows
+
+
+def cluster_bootstrap(responses, n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """95% intervals of response-level accuracy and balanced accuracy, resampling whole samples.
+
+    A sample's K responses are correlated (same segment), so resampling responses one by one
+    would give intervals that are too narrow.
+    """
+    import numpy as np
+
+    from .task import LETTERS
+
+    g = responses.groupby(list(ID_COLUMNS))
+    n = g.size().to_numpy(float)
+    correct = g["teacher_correct"].sum().to_numpy(float)
+    cls = g["ground_truth_letter"].first().map({x: i for i, x in enumerate(LETTERS)}).to_numpy()
+    idx = np.random.default_rng(seed).integers(0, len(n), size=(n_bootstrap, len(n)))
+    nb, cb, kb = n[idx], correct[idx], cls[idx]
+    acc = cb.sum(1) / nb.sum(1)
+    recalls = []
+    for j in range(len(LETTERS)):
+        nj = np.where(kb == j, nb, 0).sum(1)
+        cj = np.where(kb == j, cb, 0).sum(1)
+        recalls.append(np.where(nj > 0, cj / np.maximum(nj, 1), np.nan))
+    bal = np.nanmean(np.stack(recalls, 1), axis=1)
+    pct = lambda a: [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))]  # noqa: E731
+    return {"accuracy_ci": pct(acc), "balanced_accuracy_ci": pct(bal)}
 
 
 def _none(values):
@@ -139,8 +167,8 @@ def to_markdown(table) -> str:
             f"{mark}{' - ' + r['note'] if r['note'] else ''} |"
         )
     lines.append("")
-    lines.append("Intervals: percentile bootstrap over samples; for 'teacher (all responses)' over responses, "
-                 "which treats a sample's K answers as independent, so that interval is too narrow.")
+    lines.append("Intervals: percentile bootstrap over samples (for 'teacher (all responses)', whole samples "
+                 "with all their responses are resampled).")
     return "\n".join(lines) + "\n"
 
 

@@ -307,6 +307,9 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
                      tune_vision=cfg.tune_vision, tune_merger=cfg.tune_merger,
                      gradient_checkpointing=gradient_checkpointing)
     collator = DistillCollator(processor, image_cols, cfg.max_length)
+    # Fail now, not hours into a GPU run, if the longest conversations do not fit max_length.
+    for ex in sorted(train_ex + val_ex, key=lambda e: len(e.prompt) + len(e.target))[-4:]:
+        collator.encode(ex)
 
     # 3. Run folder (fixed when resuming) and the Trainer.
     teacher_models = sorted({m for m in df.get("teacher_model", []) if isinstance(m, str)})
