@@ -158,7 +158,7 @@ def test_teacher_interval_resamples_samples_not_responses():
     rows = []
     for i in range(40):
         truth, right = "ac"[i % 2], i % 4 != 0
-        for k in range(5):
+        for _ in range(5):
             rows.append({"proofread_root_id": 864691134965949000 + i, "current_root_id": 864691135000000000 + i,
                          "ground_truth_letter": truth, "teacher_answer": truth if right else "d",
                          "teacher_correct": right})
