@@ -168,3 +168,17 @@ def test_teacher_interval_resamples_samples_not_responses():
     width = lambda ci: ci[1] - ci[0]  # noqa: E731
     assert width(cluster["accuracy_ci"]) > 1.5 * width(naive["accuracy_ci"])
     assert cluster["accuracy_ci"][0] < 0.75 < cluster["accuracy_ci"][1]
+
+
+def test_predictions_csv_round_trips_any_generated_text(tmp_path):
+    from connectodistill.evaluation import read_predictions, write_predictions
+
+    nasty = 'garbage\rwith a bare CR\x1d, "quotes", commas\nand newlines'
+    preds = pd.DataFrame({"proofread_root_id": [864691134965949727, 864691134965949729],
+                          "current_root_id": [864691135000000001, 864691135000000003],
+                          "predicted_letter": [None, "a"], "response": [nasty, "<answer>a</answer>"]})
+    write_predictions(preds, tmp_path / "p.csv")
+    back = read_predictions(tmp_path / "p.csv")
+    assert len(back) == 2
+    assert back["response"][0] == nasty
+    assert list(back["proofread_root_id"]) == [864691134965949727, 864691134965949729]

@@ -8,6 +8,7 @@ so a student is scored exactly as it was trained; a conflicting flag is refused 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -307,11 +308,26 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     from .data import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "predictions.csv", preds.to_csv(index=False))
+    write_predictions(preds, out_dir / "predictions.csv")
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1, default=_json_default))
     plot_confusion(summary, out_dir / "confusion.png")
     print_summary(summary)
     return out_dir
+
+
+def write_predictions(preds, path: Path) -> None:
+    """Per-sample CSV. Every text field is quoted: generated text can hold a bare '\r', which
+    minimal quoting leaves unquoted and CSV readers then take for a line break."""
+    from .data import atomic_write_text
+
+    atomic_write_text(path, preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
+
+
+def read_predictions(path: Path):
+    """The per-sample CSV back, ids as exact int64."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={c: "int64" for c in ID_COLUMNS})
 
 
 def _json_default(o):

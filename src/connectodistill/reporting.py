@@ -22,7 +22,6 @@ TABLE_COLUMNS = (
 
 
 def _load_result(path: Path):
-    import pandas as pd
 
     folder = path.parent if path.name == "summary.json" else path
     if not (folder / "summary.json").is_file() or not (folder / "predictions.csv").is_file():
@@ -32,7 +31,9 @@ def _load_result(path: Path):
         summary["sample_ids_hash"], summary["accuracy"]  # noqa: B018 - the fields the table needs
     except (ValueError, KeyError) as e:
         raise UserError(f"{folder / 'summary.json'}: unreadable or incomplete ({e}); re-run eval") from e
-    preds = pd.read_csv(folder / "predictions.csv", dtype={c: "int64" for c in ID_COLUMNS})
+    from .evaluation import read_predictions
+
+    preds = read_predictions(folder / "predictions.csv")
     return folder, summary, preds
 
 
