@@ -207,12 +207,15 @@ def _make_object(letter: str, rng: np.random.Generator) -> dict:
     elif letter == "d":
         disks.append((rng.uniform(-0.4, 0.4, size=3), rng.uniform(0.12, 0.17)))
     elif letter == "e":
-        if rng.random() < 0.5:  # glia: an irregular jagged mass with thick stubby end-feet
+        if rng.random() < 0.5:  # glia: an irregular jagged mass
             m = int(rng.integers(9, 15))
-            c = rng.uniform(-0.2, 0.2, size=3)
-            blobs.append((c, rng.uniform(0.35, 0.55), rng.uniform(0.45, 1.0, size=m)))
-            for _ in range(int(rng.integers(2, 4))):
-                tubes.append(_polyline(rng, c, _direction(rng), rng.uniform(0.6, 0.8), 2, 0.2))
+            blobs.append(
+                (
+                    rng.uniform(-0.2, 0.2, size=3),
+                    rng.uniform(0.35, 0.55),
+                    rng.uniform(0.45, 1.0, size=m),
+                )
+            )
         else:  # blood vessel: a thick tube across the volume
             d = _direction(rng, 0.8)
             start = -d * rng.uniform(0.7, 0.9) + rng.uniform(-0.15, 0.15, size=3)
