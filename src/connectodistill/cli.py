@@ -283,7 +283,7 @@ def report(
 def demo(
     output_dir: Path = typer.Option(None, help="Folder for every stage's outputs.  [default: demo-run]"),
     seed: int = typer.Option(None, help="Seed of the synthetic data and training.  [default: 0]"),
-    samples: int = typer.Option(None, help="Synthetic benchmark size.  [default: 2000]"),
+    samples: int = typer.Option(None, help="Synthetic benchmark size.  [default: 3000]"),
     epochs: float = typer.Option(None, help="Training epochs.  [default: 3]"),
     force: bool = typer.Option(None, "--force", help="Reuse a non-empty output folder."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),

@@ -115,7 +115,7 @@ class ReportConfig(_Config):
 class DemoConfig(_Config):
     output_dir: Path = Path("demo-run")
     seed: int = 0
-    samples: int = 2000
+    samples: int = 3000
     image_size: int = 64
     epochs: float = 3
     max_new_tokens: int = 64
