@@ -173,31 +173,30 @@ def test_ground_truth_target_and_fill_missing(merged_small):
 
 
 def test_bad_inputs_exit_2(merged_small, tiny_student, tmp_path):
-    # Missing columns.
-    t = pq.read_table(merged_small)
-    bad = tmp_path / "bad.parquet"
-    pq.write_table(t.drop(["teacher_analysis"]).replace_schema_metadata(t.schema.metadata), bad)
-    r = runner.invoke(app, ["train", "--data", str(bad), "--model", str(tiny_student), "--output-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "teacher_analysis" in r.output
-    # No train rows: every train row lacks an analysis and --fill-missing is off.
-    none = tmp_path / "none.parquet"
     import pyarrow as pa
 
+    def fails(data, needle, *extra, model=str(tiny_student)):
+        r = runner.invoke(app, ["train", "--data", str(data), "--model", model, "--output-dir", str(tmp_path), *extra])
+        assert r.exit_code == 2, r.output
+        assert needle in r.output and "Traceback" not in r.output
+        assert r.output.strip().count("\n") == 0
+
+    t = pq.read_table(merged_small)
+    # Missing columns.
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(t.drop(["teacher_analysis"]).replace_schema_metadata(t.schema.metadata), bad)
+    fails(bad, "teacher_analysis")
+    # No train rows: every train row lacks an analysis and --fill-missing is off.
+    none = tmp_path / "none.parquet"
     t2 = t.set_column(t.schema.get_field_index("teacher_analysis"), "teacher_analysis",
                       pa.nulls(len(t), pa.string()))
     pq.write_table(t2.replace_schema_metadata(t.schema.metadata), none)
-    r = runner.invoke(app, ["train", "--data", str(none), "--model", str(tiny_student), "--output-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "no training rows" in r.output
+    fails(none, "no training rows")
     # Unknown model path.
-    r = runner.invoke(app, ["train", "--data", str(merged_small), "--model", str(tmp_path / "nope"),
-                            "--output-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "nope" in r.output
+    fails(merged_small, "nope", model=str(tmp_path / "nope"))
     # 4-bit without CUDA.
-    r = runner.invoke(app, ["train", "--data", str(merged_small), "--model", str(tiny_student), "--load-in-4bit",
-                            "--output-dir", str(tmp_path)])
-    assert r.exit_code == 2 and "CUDA" in r.output
-    for r_ in (r,):
-        assert "Traceback" not in r_.output
+    fails(merged_small, "CUDA", "--load-in-4bit")
+    # Nothing was written for any of them.
     assert not any(p.name.startswith("qwen3-vl_") for p in tmp_path.iterdir())
 
 
