@@ -161,12 +161,14 @@ def _read_parquet_file(path: Path) -> pa.Table:
         raise UserError(f"could not read parquet file {path}: {_first_line(e)}") from e
 
 
-def _read_parquet(path: Path) -> pa.Table:
+def _read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
     """One parquet file, schema metadata kept (ParquetFile: no pyarrow.dataset/pandas import)."""
     import pyarrow.parquet as pq
 
     with pq.ParquetFile(path) as f:
-        return f.read()
+        if columns is not None:
+            columns = [c for c in columns if c in f.schema_arrow.names]
+        return f.read(columns=columns)
 
 
 def _read_parquet_folder(path: Path, split: str) -> pa.Table:
@@ -301,13 +303,17 @@ def write_parquet(table: pa.Table, path: str | os.PathLike, report: dict | str |
     return Path(path)
 
 
-def read_merged(path: str | os.PathLike) -> tuple[pa.Table, dict]:
-    """(table, merge report) of a parquet written by ``merge`` (report ``{}`` if absent)."""
+def read_merged(path: str | os.PathLike, columns: list[str] | None = None) -> tuple[pa.Table, dict]:
+    """(table, merge report) of a parquet written by ``merge`` (report ``{}`` if absent).
+
+    ``columns``: read only these (names the file lacks are skipped), e.g. ``[]`` for the report
+    alone, without decoding the image columns.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"merged parquet not found: {path}; run `connectodistill merge` first or fix the path")
     try:
-        table = _read_parquet(path)
+        table = _read_parquet(path, columns)
     except (pa.ArrowException, OSError) as e:
         raise UserError(f"could not read parquet file {path}: {_first_line(e)}") from e
     raw = (table.schema.metadata or {}).get(METADATA_KEY.encode())

@@ -104,9 +104,7 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
         if cfg.merged is not None:  # a different merge would mean different split lists
             from .data import read_merged
 
-            if not Path(cfg.merged).is_file():
-                raise UserError(f"merged file not found: {cfg.merged}")
-            if read_merged(cfg.merged)[1].get("splits") != run["splits"]:
+            if read_merged(cfg.merged, columns=[])[1].get("splits") != run["splits"]:
                 _mismatch(cfg, "--merged split lists", "the run's", str(cfg.merged))
         for flag, key in (("base_model", "base_model"), ("dataset_name", "dataset_name"),
                           ("config_name", "config_name"), ("dataset_split", "dataset_split"),
@@ -125,12 +123,10 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
         from .data import read_merged
         from .training import teacher_guidance
 
-        if not Path(cfg.merged).is_file():
-            raise UserError(f"merged file not found: {cfg.merged}")
-        table, report = read_merged(cfg.merged)
+        # Only the report and one column: the images are not needed here.
+        table, report = read_merged(cfg.merged, columns=["teacher_with_description"])
         # The same default as train: a base model sees the prompt the student was trained with.
-        if "teacher_with_description" in table.column_names:
-            guidance = teacher_guidance(table.select(["teacher_with_description"]).to_pandas())
+        guidance = teacher_guidance(table.to_pandas())
     return {
         "base_model": cfg.base_model,
         "dataset_name": cfg.dataset_name or report.get("dataset_name") or DEFAULT_DATASET,
