@@ -15,7 +15,7 @@ Then times three commands, each in a fresh process pinned to --cores (taskset), 
 best of --repeats:
 
 - merge:    `.venv/bin/connectodistill merge CSV CSV --output ... --dataset-name bench.parquet`
-            (or `python -c "from connectodistill.matching import merge; merge(...)"` without the CLI)
+            (or `python -c "from connectodistill.merging import merge; merge(...)"` without the CLI)
 - baseline: the public merge script's design, written below: pandas read_csv, a dict keyed
             on the (ids, bbox) tuple built with iterrows (the last response wins), a second
             iterrows over the dataset, string-equality scoring, to_parquet + metadata JSON.
@@ -236,7 +236,7 @@ def commands(bench: Path, csvs: list[Path], out: Path) -> dict[str, list[str]]:
         ours = [str(cli), "merge", *files, "--output", str(out / "merged.parquet"),
                 "--dataset-name", str(bench), "--force"]
     else:
-        ours = [PY, "-c", "import sys; from connectodistill.matching import merge; "
+        ours = [PY, "-c", "import sys; from connectodistill.merging import merge; "
                 "merge(csv_files=sys.argv[3:], output=sys.argv[1], dataset_name=sys.argv[2], force=True)",
                 str(out / "merged.parquet"), str(bench), *files]
     floor = [PY, "-c", "import sys, pyarrow.csv as c, pyarrow.parquet as pq; pq.read_table(sys.argv[1]); "
@@ -271,7 +271,7 @@ def len_rows(path: Path) -> int:
 
 def where_time_goes(bench: Path, csvs: list[Path], out: Path) -> dict[str, float]:
     """Stage timings of one in-process merge, plus the import cost of a fresh process."""
-    from connectodistill.matching import merge
+    from connectodistill.merging import merge
 
     res = merge(csv_files=csvs, output=out / "inproc.parquet", dataset_name=str(bench), force=True,
                 quiet=True, progress=False)
@@ -310,7 +310,7 @@ def main() -> None:
             system[name].append(sy)
             print(f"run {r + 1}/{args.repeats} {name:8s} {wall:7.2f} s wall {u:6.2f} s user {sy:6.2f} s sys",
                   file=sys.stderr)
-    import_s = min(timed([PY, "-c", "import connectodistill.cli, connectodistill.matching"], args.cores or None)[0]
+    import_s = min(timed([PY, "-c", "import connectodistill.cli, connectodistill.merging"], args.cores or None)[0]
                    for _ in range(3))
     if args.cores and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {int(c) for c in args.cores.split(",")})

@@ -39,7 +39,7 @@ def teacher_csvs(small_benchmark, tmp_path_factory):
 @pytest.fixture(scope="session")
 def merged_small(small_benchmark, teacher_csvs, tmp_path_factory):
     """merge() output for the small benchmark, correct teacher rows only (path)."""
-    from connectodistill.matching import merge
+    from connectodistill.merging import merge
 
     out = tmp_path_factory.mktemp("merged") / "merged.parquet"
     merge(csv_files=teacher_csvs, output=out, dataset_name=str(small_benchmark), filter_correct_only=True)

@@ -1,6 +1,6 @@
 """connectodistill: distil a teacher's ConnectomeBench answers into a small Qwen-VL student.
 
-The data flows ``matching -> scoring -> conversation -> training -> evaluation``; each CLI
+The data flows ``teacher_csv -> matching -> scoring -> prompts/conversation -> training -> evaluation -> reporting``; each CLI
 verb is one function here, importable from a notebook::
 
     from connectodistill import merge, train, evaluate, report, demo
@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 # verb -> module; resolved lazily so `import connectodistill` stays fast.
 _VERBS = {
-    "merge": "matching",
+    "merge": "merging",
     "train": "training",
     "evaluate": "evaluation",
     "report": "reporting",

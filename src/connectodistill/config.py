@@ -67,8 +67,13 @@ class TrainConfig(_Config):
     load_in_4bit: bool = False
     target: Literal["teacher", "ground-truth"] = "teacher"
     fill_missing: bool = False
-    # None: follow the teacher (guidance on when the teacher's prompt had it).
+    # Whose question the student answers: the teacher's stored prompt (default) or the
+    # project's builtin template (prompts.py has the rule and the fallbacks).
+    prompt: Literal["teacher", "builtin"] = "teacher"
+    # None: the prompt setting most train rows carry (teacher), refusing a mix; True/False
+    # picks the setting with (or without) the species guidance paragraph.
     with_description: bool | None = None
+    allow_mixed_prompts: bool = False
     select_by: Literal["val_loss", "val_accuracy", "last"] = "val_loss"
     max_new_tokens: int = Field(1024, ge=1, description="Generation budget for val_accuracy.")
     max_length: int = Field(16384, ge=16, description="Longest sequence allowed; never truncated.")
@@ -96,6 +101,8 @@ class EvalConfig(_Config):
     min_pixels: int | None = Field(None, ge=1)
     blank_images: bool = False
     simple_prompt: bool = False
+    # None: the adapter's own prompt source; for a base model, the teacher's with --merged.
+    prompt: Literal["teacher", "builtin"] | None = None
     with_description: bool | None = None
     allow_train_samples: bool = False
     allow_config_mismatch: bool = False

@@ -1,9 +1,13 @@
-"""From a benchmark row to a chat conversation: the same builder at train and eval time.
+"""From a prompt and a benchmark row to a chat conversation: the same builder at train and eval.
 
-The user turn is the three views (front, side, top) then the task prompt; the assistant turn
-is ``<analysis>…</analysis>`` then ``<answer>letter</answer>``. The prompt is the project's
-own template (``PROMPT_TEMPLATE_ID`` + ``prompt_template_hash()``), never the teacher's
-stored prompt, so that training and evaluation see exactly the same text.
+The user turn is the three views (front, side, top) and the prompt text, in the order of the
+teacher's content blocks (``layout``, by default the views first); the assistant turn is
+``<analysis>…</analysis>`` then ``<answer>letter</answer>``.
+
+Which prompt text a sample gets is decided in ``prompts.py``: by default the teacher's own.
+The template here (``build_prompt``, id ``PROMPT_TEMPLATE_ID``) is the project's *builtin*
+prompt, used only where no teacher prompt exists or with ``--prompt builtin``. It is the
+project's own wording: nothing in it is the teacher's question.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ The segment's bounding box measures {dx:.0f} x {dy:.0f} x {dz:.0f} nm.
 
 Describe what you see inside <analysis></analysis> tags, then give only the letter of your choice inside <answer></answer> tags."""
 
-# Species guidance: the paragraph the teacher saw when `with_description` was true.
+# Species guidance of the builtin prompt (the project's own sentences, not the teacher's).
 GUIDANCE = {
     "mouse": (
         "In the mouse visual cortex, a soma is a large round cell body (about 10-20 um) from "
@@ -88,13 +92,22 @@ def target_text(letter: str, analysis: str | None) -> str:
     return f"<analysis>{analysis.strip()}</analysis>\n<answer>{letter}</answer>"
 
 
-def build_messages(prompt: str, target: str | None = None, n_images: int = len(VIEWS)) -> list[dict]:
-    """Chat messages: user = images then prompt; assistant = ``target`` when training."""
-    content = [{"type": "image"} for _ in range(n_images)] + [{"type": "text", "text": prompt}]
+def build_messages(prompt: str, target: str | None = None, n_images: int = len(VIEWS),
+                   layout: str | None = None) -> list[dict]:
+    """Chat messages: the user turn holds the images and the prompt in ``layout`` order
+    (e.g. ``"image,image,image,text"``; None: images first), the assistant turn ``target``."""
+    content = _user_content(prompt, n_images, layout)
     messages = [{"role": "user", "content": content}]
     if target is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": target}]})
     return messages
+
+
+def _user_content(prompt: str, n_images: int, layout: str | None) -> list[dict]:
+    kinds = layout.split(",") if layout else []
+    if kinds.count("image") != n_images or kinds.count("text") != 1:  # not this sample's shape
+        kinds = ["image"] * n_images + ["text"]
+    return [{"type": "text", "text": prompt} if k == "text" else {"type": "image"} for k in kinds]
 
 
 def sample_name(row: Mapping[str, Any]) -> str:

@@ -31,7 +31,7 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
     from rich.console import Console
 
     from .evaluation import evaluate
-    from .matching import merge
+    from .merging import merge
     from .reporting import report
     from .synthetic import make_benchmark, make_teacher_csvs, make_tiny_student
     from .training import train

@@ -18,13 +18,15 @@ from typing import Any
 from .config import EvalConfig, resolve
 from .conversation import (
     PROMPT_TEMPLATE_ID,
-    build_messages,
+    SIMPLE_PROMPT,
     build_prompt,
     load_images,
     prompt_template_hash,
     sample_name,
 )
 from .errors import UserError
+from .generation import generate_answers
+from .prompts import SamplePrompt, choose_setting, first_stored, sample_prompts
 from .task import (
     DEFAULT_CONFIG,
     DEFAULT_DATASET,
@@ -33,46 +35,12 @@ from .task import (
     image_columns,
     label_column,
 )
-from .training import RUN_CONFIG
+from .training import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
 
 PREDICTION_COLUMNS = (
     "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
-    "parsed", "correct", "analysis", "response", "in_train",
+    "parsed", "correct", "analysis", "response", "in_train", "prompt_source", "prompt_sha256",
 )
-
-
-# ----------------------------------------------------------------------------- generation
-def generate_answers(model, processor, prompts: list[str], images: list[list], *,
-                     batch_size: int = 4, max_new_tokens: int = 1024, progress=None) -> list[str]:
-    """Greedy responses for (prompt, views) pairs, batched with left padding."""
-    import torch
-
-    tok = processor.tokenizer
-    old_side = tok.padding_side
-    tok.padding_side = "left"  # generation continues from the right edge of every row
-    responses: list[str] = []
-    model.eval()
-    try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = range(start, min(start + batch_size, len(prompts)))
-            texts = [
-                processor.apply_chat_template(build_messages(prompts[i], n_images=len(images[i])),
-                                              add_generation_prompt=True, tokenize=False)
-                for i in chunk
-            ]
-            flat = [im for i in chunk for im in images[i]]
-            inputs = processor(text=texts, images=flat or None, padding=True, return_tensors="pt")
-            inputs = inputs.to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                     pad_token_id=tok.pad_token_id)
-            new = out[:, inputs["input_ids"].shape[1]:]
-            responses += tok.batch_decode(new, skip_special_tokens=True)
-            if progress is not None:
-                progress(len(chunk))
-    finally:
-        tok.padding_side = old_side
-    return responses
 
 
 # ----------------------------------------------------------------------------- settings
@@ -98,8 +66,17 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
             "splits": run["splits"],
             "processor_from": str(run_dir),
             "chat_template_sha256": run.get("chat_template_sha256"),
+            # runs from before prompt sources were recorded used the builtin template
+            "prompt": run.get("prompt_source", "builtin"),
+            "prompt_setting": run.get("prompt_setting") or (
+                "with_description" if run.get("with_description", True) else "without_description"),
+            "prompts_file": run_dir / SAMPLE_PROMPTS,
+            "templates_file": run_dir / PROMPT_TEMPLATES,
         }
-        if run.get("prompt_template_hash") != prompt_template_hash():
+        if cfg.prompt is not None and cfg.prompt != s["prompt"]:
+            _mismatch(cfg, "--prompt", s["prompt"], cfg.prompt)
+            s["prompt"] = cfg.prompt
+        if run.get("prompt_template_hash") != prompt_template_hash() and s["prompt"] == "builtin":
             _mismatch(cfg, "prompt template", run.get("prompt_template_hash"), prompt_template_hash())
         if cfg.merged is not None:  # a different merge would mean different split lists
             from .data import read_merged
@@ -118,27 +95,94 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
     if cfg.base_model is None:
         raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
     report: dict[str, Any] = {}
-    guidance = True
+    responses = None
+    setting = "with_description"
     if cfg.merged is not None:
         from .data import read_merged
-        from .training import teacher_guidance
 
-        # Only the report and one column: the images are not needed here.
-        table, report = read_merged(cfg.merged, columns=["teacher_with_description"])
-        # The same default as train: a base model sees the prompt the student was trained with.
-        guidance = teacher_guidance(table.to_pandas())
+        # Only the report: the images are not needed here.
+        report = read_merged(cfg.merged, columns=[])[1]
+        responses = _merged_responses(Path(cfg.merged))
+        # The same rule as train: the setting asked for, else the one most responses carry.
+        flags = list(responses["teacher_with_description"]) if responses is not None else []
+        setting = choose_setting(flags, cfg.with_description)[0]
+    elif cfg.with_description is not None:
+        setting = "with_description" if cfg.with_description else "without_description"
+    prompt = cfg.prompt or ("teacher" if responses is not None else "builtin")
+    if prompt == "teacher" and responses is None:
+        raise UserError("--prompt teacher needs the teacher's prompts: pass --merged MERGED.parquet")
     return {
         "base_model": cfg.base_model,
         "dataset_name": cfg.dataset_name or report.get("dataset_name") or DEFAULT_DATASET,
         "config_name": cfg.config_name or report.get("config_name") or DEFAULT_CONFIG,
         "dataset_split": cfg.dataset_split or report.get("dataset_split") or DEFAULT_DATASET_SPLIT,
-        "with_description": guidance if cfg.with_description is None else cfg.with_description,
+        "with_description": setting != "without_description",
         "min_pixels": cfg.min_pixels,
         "max_pixels": cfg.max_pixels,
         "splits": report.get("splits"),
         "processor_from": cfg.base_model,
         "chat_template_sha256": None,
+        "prompt": prompt,
+        "prompt_setting": setting,
+        "responses": responses,
+        "templates": report.get("prompt_templates") or {},
     }
+
+
+def _merged_responses(merged: Path):
+    """The responses file merge wrote beside ``merged`` (ids, prompts, settings), or None."""
+    import pandas as pd
+
+    from .merging import output_paths
+
+    path = output_paths(merged)[1]
+    if not path.is_file():
+        return None
+    cols = ["proofread_root_id", "current_root_id", "teacher_prompt", "teacher_prompt_layout",
+            "teacher_with_description", "teacher_order"]
+    import pyarrow.parquet as pq
+
+    have = set(pq.read_schema(path).names)
+    if "teacher_prompt" not in have:
+        return None
+    return pd.read_parquet(path, columns=[c for c in cols if c in have])
+
+
+def choose_prompts(rows: list[dict], settings: dict, cfg: EvalConfig) -> list[SamplePrompt]:
+    """The prompt each evaluated sample is given (prompts.py has the rule).
+
+    An adapter's samples get exactly the prompt its training recorded for them (its
+    ``prompts.parquet``); other samples the run's template, else the builtin prompt. A base
+    model with ``--merged`` gets the teacher's stored prompts the same way train chooses them.
+    """
+    guidance = settings["with_description"]
+    if cfg.simple_prompt:
+        return [SamplePrompt(SIMPLE_PROMPT, "builtin") for _ in rows]
+
+    def builtin(row):
+        return build_prompt(row, with_description=guidance)
+
+    if settings["prompt"] == "builtin":
+        return [SamplePrompt(builtin(r), "builtin") for r in rows]
+    stored: dict = {}
+    templates = settings.get("templates") or {}
+    recorded: dict = {}
+    if settings.get("prompts_file") is not None:
+        pf, tf = Path(settings["prompts_file"]), Path(settings["templates_file"])
+        if pf.is_file():
+            import pandas as pd
+
+            t = pd.read_parquet(pf)
+            for p, c, text, src, lay in zip(t["proofread_root_id"], t["current_root_id"], t["prompt"],
+                                            t["prompt_source"], t["prompt_layout"], strict=True):
+                recorded[(int(p), int(c))] = SamplePrompt(text, src, lay if isinstance(lay, str) else None)
+        if tf.is_file():
+            templates = json.loads(tf.read_text())
+    else:
+        stored = first_stored(settings.get("responses"), settings["prompt_setting"])[0]
+    chosen = sample_prompts(rows, stored, templates, settings["prompt_setting"], builtin)
+    keys = [(int(r[ID_COLUMNS[0]]), int(r[ID_COLUMNS[1]])) for r in rows]
+    return [recorded.get(k, p) for k, p in zip(keys, chosen, strict=True)]
 
 
 def _mismatch(cfg: EvalConfig, what: str, trained: Any, given: Any) -> None:
@@ -228,9 +272,15 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
     truth = ground_truth_letters(df[label_column(df.columns)].tolist())
     rows = df.to_dict("records")
-    prompts = [build_prompt(r, with_description=settings["with_description"], simple=cfg.simple_prompt)
-               for r in rows]
+    chosen = choose_prompts(rows, settings, cfg)
+    prompts = [p.text for p in chosen]
     images = [load_images(r, image_cols, blank=cfg.blank_images) for r in rows]
+    if settings["prompt"] == "teacher" and any(p.source == "builtin" for p in chosen) and not cfg.simple_prompt:
+        from rich.console import Console
+
+        n = sum(p.source == "builtin" for p in chosen)
+        Console(stderr=True).print(f"[yellow]{n} of {len(chosen)} samples have no teacher prompt or template: "
+                                   "they get the builtin prompt (prompt_source=builtin)[/]")
 
     # 2. Model: base, plus the adapter; the processor (template, budget) as trained.
     from .modeling import load_model, load_processor
@@ -255,13 +305,16 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     t0 = time.time()
     with Progress(disable=not cfg.progress, transient=True) as bar:
         task = bar.add_task(f"eval {out_dir.name}", total=len(rows))
-        responses = generate_answers(model, processor, prompts, images, batch_size=cfg.batch_size,
+        responses = generate_answers(model, processor, prompts, images, layouts=[p.layout for p in chosen],
+                                     batch_size=cfg.batch_size,
                                      max_new_tokens=cfg.max_new_tokens,
                                      progress=lambda n: bar.advance(task, n))
     seconds = time.time() - t0
 
-    # 4. Score: one parser (shared with merge); unparsed answers count as wrong.
-    parsed = [parse_response(r) for r in responses]
+    # 4. Score: the teacher's extraction and answer rule (shared with merge); unparsed = wrong.
+    from .scoring import option_descriptions
+
+    parsed = [parse_response(r, option_descriptions(p)) for r, p in zip(responses, prompts, strict=True)]
     trained = train_keys(settings) if cfg.adapter_path is not None else set()  # flagged per row
     predicted = [letter for _, letter in parsed]
     metrics = classification_metrics(truth, predicted, seed=cfg.seed)
@@ -279,6 +332,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "response": responses,
         "in_train": [(int(p), int(c)) in trained for p, c in
                      zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)],
+        "prompt_source": [p.source for p in chosen],
+        "prompt_sha256": [p.sha256 for p in chosen],
     })
     counts = pd.Series(truth).value_counts()
     summary = {
@@ -287,6 +342,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "majority_class_rate": float(counts.iloc[0] / len(truth)),
         "sample_ids_hash": sample_ids_hash(preds["proofread_root_id"], preds["current_root_id"]),
         "includes_train_samples": includes_train,
+        "prompt_source_counts": preds["prompt_source"].value_counts().to_dict(),
+        "distinct_prompts": int(preds["prompt_sha256"].nunique()),
         "model": settings["base_model"],
         "adapter": str(cfg.adapter_path) if cfg.adapter_path else None,
         "settings": {
@@ -294,6 +351,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
             "dataset_split": settings["dataset_split"], "blank_images": cfg.blank_images,
             "simple_prompt": cfg.simple_prompt, "with_description": settings["with_description"],
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "pixel_budget": budget,
+            "prompt": settings["prompt"], "prompt_setting": settings["prompt_setting"],
             "prompt_template_id": PROMPT_TEMPLATE_ID, "prompt_template_hash": prompt_template_hash(),
         },
         "generation_seconds": round(seconds, 2),

@@ -1,17 +1,25 @@
 """Scoring, shared by merge (the teacher) and evaluation (the student).
 
-One parser decides what an answer is, so the teacher and the student are scored by the
-same rule:
+One extraction and one parser decide what an answer is, so the teacher and the student are
+scored by the same rule:
 
-- ``parse_answer``: the text between the answer tags must be a single letter a-g once
-  the tags, whitespace and surrounding brackets/punctuation are stripped. Nothing is searched
-  inside sentences: "this is a soma" is not ``a``; "a or b" is ambiguous; both are unparsed.
-- ``parse_response``: a whole generated response -> (analysis, letter).
+- ``parse_response``: a whole generated response -> (analysis, letter). It applies the
+  extraction that produced the teacher CSV's ``analysis`` and ``llm_answer`` cells: the text
+  between the first ``<answer>`` and the first ``</answer>`` after it (exact lower-case tags,
+  plain substring search), stripped; likewise the first analysis block. No answer block means
+  unparsed.
+- ``parse_answer``: that answer text (or the teacher's ``llm_answer``) -> a letter a-g or None.
+  It accepts a lone letter in any case with brackets, punctuation or markdown around it; a
+  letter, a delimiter, then the start of *that* option's description; or one option's full
+  description alone. Descriptions are compared case- and punctuation-insensitively, in the
+  dataset's wording and in the wording of the prompt's own option list when given. Anything
+  else ("a or b", a letter followed by another option's text, a sentence) is unparsed, and
+  unparsed counts as wrong. docs/evaluation.md shows the rule as a table of examples.
 - ``ground_truth_letters``: the dataset's exact description strings -> letters.
 - ``majority_vote``: the letter most responses agree on, and its share.
 - ``classification_metrics``: accuracy (unparsed counts wrong), balanced accuracy,
   per-class precision/recall/F1, a confusion matrix with an "unparsed" column, and
-  bootstrap 95% intervals.
+  bootstrap 95% intervals (optionally resampling whole groups).
 
 Everything here is pure: no I/O, no global state. scikit-learn is imported inside
 ``classification_metrics`` only (it costs a second at import).
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -33,6 +41,7 @@ __all__ = [
     "classification_metrics",
     "ground_truth_letters",
     "majority_vote",
+    "option_descriptions",
     "parse_answer",
     "parse_response",
 ]
@@ -40,42 +49,104 @@ __all__ = [
 # Column name used for answers that are not one of the seven letters.
 UNPARSED = "unparsed"
 
-_ANSWER_TAG = re.compile(r"<\s*/?\s*answer\s*>", re.IGNORECASE)
-_ANSWER_BLOCK = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_ANALYSIS_BLOCK = re.compile(r"<analysis>(.*?)</analysis>", re.IGNORECASE | re.DOTALL)
-# Whitespace, brackets, quotes and punctuation that may surround a letter: "a)", "(B)",
-# "**c**", "'d'.", "[e]:"; stripped from both ends only, never from the middle.
-_SURROUNDING = " \t\r\n\f\v()[]{}<>.,;:!?\"'`*_~-"
+ANSWER_TAGS = ("<answer>", "</answer>")
+ANALYSIS_TAGS = ("<analysis>", "</analysis>")
+# Markdown emphasis is never part of an answer: "**c**", "`d`", "__e__".
+_MARKDOWN = str.maketrans("", "", "*`_~")
+# What may surround a lone letter: whitespace, brackets, quotes, punctuation.
+_SURROUNDING = " \t\r\n\f\v()[]{}<>.,;:!?\"'-#"
+# A letter, then a delimiter, then text: "c) Proc...", "(e). Non-...", "d: Nucleus", "b - mult".
+_LETTER_THEN_TEXT = re.compile(r"^[(\[]?([a-gA-G])(?:\s*[)\].:,\-\u2013\u2014]+\s*|\s+)(.+)$", re.S)
+_OPTION_LINE = re.compile(r"^\s*[(\[]?([a-g])[)\].:]\s+(\S.*?)\s*$", re.M)
 _LETTER_SET = frozenset(LETTERS)
 
 
-def parse_answer(text: object) -> str | None:
-    """The letter a-g that ``text`` (an answer, tags optional) consists of, or None.
+def _words(text: str) -> str:
+    """Lower case, every run of non-alphanumerics one space: for description comparison."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
-    >>> parse_answer("<answer> (B) </answer>"), parse_answer("a or b"), parse_answer("this is a soma")
-    ('b', None, None)
+
+def option_descriptions(prompt: str | None) -> dict[str, str]:
+    """The option list of a prompt text (``a) ...`` lines), letter -> description; {} if none.
+
+    Only a complete list (all seven letters) counts, so a stray ``a) `` in prose is ignored.
+    """
+    if not prompt:
+        return {}
+    found: dict[str, str] = {}
+    for m in _OPTION_LINE.finditer(str(prompt)):
+        found.setdefault(m.group(1), m.group(2))
+    return found if set(found) == _LETTER_SET else {}
+
+
+def _descriptions(options: Mapping[str, str | Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
+    out = {x: [_words(CLASSES[x])] for x in LETTERS}
+    for x, ds in (options or {}).items():
+        for d in [ds] if isinstance(ds, str) else ds:
+            if x in out and _words(d) and _words(d) not in out[x]:
+                out[x].append(_words(d))
+    return {x: tuple(v) for x, v in out.items()}
+
+
+def _is_start_of(text: str, description: str) -> bool:
+    """``text`` (normalised) is a non-empty prefix of ``description`` ending on a word boundary."""
+    return bool(text) and (description == text or description.startswith(text + " "))
+
+
+def parse_answer(text: object, options: Mapping[str, str | Sequence[str]] | None = None) -> str | None:
+    """The letter a-g that an answer text names, or None (unparsed).
+
+    ``options`` is the prompt's own option wording (``option_descriptions(prompt)``, one or
+    several descriptions per letter); the dataset's wording is always accepted.
+
+    >>> parse_answer("(B)"), parse_answer("c) Processes without a soma..."), parse_answer("Nucleus")
+    ('b', 'c', 'd')
+    >>> parse_answer("a or b"), parse_answer("a) Nucleus"), parse_answer("this is a soma")
+    (None, None, None)
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
-    s = _ANSWER_TAG.sub("", str(text)).strip(_SURROUNDING).lower()
-    return s if s in _LETTER_SET else None
+    s = str(text).translate(_MARKDOWN).strip(_SURROUNDING)
+    if not s:
+        return None
+    if len(s) == 1:
+        return s.lower() if s.lower() in _LETTER_SET else None
+    descriptions = _descriptions(options)
+    m = _LETTER_THEN_TEXT.match(s)
+    if m:
+        letter, rest = m.group(1).lower(), _words(m.group(2).rstrip(". \u2026"))
+        if any(_is_start_of(rest, d) for d in descriptions[letter]):
+            return letter
+    # One option's full description alone ("Nucleus", "a single soma and process(es)").
+    whole = _words(s)
+    hits = {x for x, ds in descriptions.items() if whole in ds}
+    return hits.pop() if len(hits) == 1 else None
 
 
-def parse_response(text: object) -> tuple[str | None, str | None]:
-    """(analysis, letter) of a full generated response.
+def _first_block(text: str, tags: tuple[str, str]) -> str | None:
+    """Text between the first opening tag and the first closing tag after it, stripped."""
+    start = text.find(tags[0])
+    if start < 0:
+        return None
+    end = text.find(tags[1], start + len(tags[0]))
+    if end < 0:
+        return None
+    return text[start + len(tags[0]):end].strip()
 
-    The analysis is the stripped text inside the last ``<analysis>...</analysis>`` (None
-    without one); the letter is ``parse_answer`` of the last ``<answer>...</answer>`` (None
-    without answer tags, e.g. when generation stopped before closing them).
+
+def parse_response(text: object, options: Mapping[str, str | Sequence[str]] | None = None) -> tuple[str | None, str | None]:
+    """(analysis, letter) of a full generated response, by the teacher CSV's extraction.
+
+    The analysis is the first ``<analysis>...</analysis>`` block (None without one); the
+    letter is ``parse_answer`` of the first ``<answer>...</answer>`` block (None without a
+    complete block, e.g. when generation stopped before closing it). Tags are matched exactly,
+    in lower case, as the teacher's extraction did.
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None, None
     text = str(text)
-    analyses = _ANALYSIS_BLOCK.findall(text)
-    answers = _ANSWER_BLOCK.findall(text)
-    analysis = analyses[-1].strip() if analyses else None
-    letter = parse_answer(answers[-1]) if answers else None
-    return analysis, letter
+    answer = _first_block(text, ANSWER_TAGS)
+    return _first_block(text, ANALYSIS_TAGS), (parse_answer(answer, options) if answer is not None else None)
 
 
 def ground_truth_letters(values: Iterable[object]) -> list[str]:

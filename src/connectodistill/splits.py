@@ -1,8 +1,9 @@
 """Train/val/test assignment: grouped by neuron, stratified by label, seeded.
 
 Several segments belong to one proofread neuron, so a row-level split would leak a neuron
-across train and test. ``assign_splits`` assigns whole groups, and spreads every label over
-the three splits in proportion as far as whole groups allow.
+across train and test. ``leak_groups`` joins samples that share either id (connected
+components), ``assign_splits`` assigns whole groups, and spreads every label over the three
+splits in proportion as far as whole groups allow.
 
 How (a greedy balance over groups, like scikit-learn's ``StratifiedGroupKFold`` but for
 three splits of unequal size):
@@ -31,7 +32,34 @@ import numpy as np
 from .errors import UserError
 from .task import SPLITS
 
-__all__ = ["assign_splits"]
+__all__ = ["assign_splits", "leak_groups"]
+
+
+def leak_groups(proofread_ids, current_ids) -> np.ndarray:
+    """A group number per sample: samples sharing either id are one group, transitively.
+
+    One proofread neuron has several segments, and a segment id may (rarely) occur under two
+    proofread neurons; either way the same images or the same neuron would otherwise sit on
+    both sides of a split. Ids are nodes (one id space for both columns), each sample an edge
+    between its two ids; a group is a connected component. Numbered by first appearance.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    p = np.asarray(proofread_ids, dtype=np.int64)
+    c = np.asarray(current_ids, dtype=np.int64)
+    if len(p) == 0:
+        return np.zeros(0, dtype=np.int64)
+    nodes, inv = np.unique(np.concatenate([p, c]), return_inverse=True)
+    a, b = inv[: len(p)], inv[len(p):]
+    graph = coo_matrix((np.ones(len(p)), (a, b)), shape=(len(nodes), len(nodes)))
+    _, comp = connected_components(graph, directed=False)
+    comp = comp[a]
+    # renumber by first appearance, so group numbers read in row order
+    _, first, inverse = np.unique(comp, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first)] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
 
 
 def assign_splits(
@@ -71,7 +99,7 @@ def assign_splits(
         if frac > 0 and n_groups * frac < 1:
             need = int(np.ceil(1 / frac))
             raise UserError(
-                f"too few groups to split: {n_groups} neurons (distinct proofread_root_id) cannot "
+                f"too few groups to split: {n_groups} leak-proof groups (samples sharing an id) cannot "
                 f"give a {name} split of {frac:.0%} (needs at least {need}); lower --test-size/"
                 "--val-size or set them to 0"
             )

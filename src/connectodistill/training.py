@@ -13,86 +13,25 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, resolve
-from .conversation import (
-    PROMPT_TEMPLATE_ID,
-    build_messages,
-    build_prompt,
-    load_images,
-    prompt_template_hash,
-    target_text,
-)
+from .conversation import PROMPT_TEMPLATE_ID, build_messages, load_images, prompt_template_hash
 from .errors import UserError
-from .task import ID_COLUMNS, image_columns, label_column
+from .examples import (
+    Example,
+    build_examples,
+    load_training_data,
+    source_counts,
+    write_sample_prompts,
+)
 
-REQUIRED_COLUMNS = (*ID_COLUMNS, "split", "teacher_analysis", "teacher_correct")
 RUN_CONFIG = "training_config.json"
+SAMPLE_PROMPTS = "prompts.parquet"  # every sample's prompt, as training chose it
+PROMPT_TEMPLATES = "prompt_templates.json"
 IGNORE_INDEX = -100
-
-
-# ----------------------------------------------------------------------------- examples
-@dataclass
-class Example:
-    """One training conversation: the row (for its images), the prompt and the target text."""
-
-    row: dict
-    prompt: str
-    target: str
-    key: tuple[int, int]
-
-
-def pick_rows(df, splits: dict[str, list], split: str):
-    """Rows of ``df`` whose (proofread_root_id, current_root_id) is in merge's ``split`` list."""
-    keys = {tuple(int(x) for x in pair) for pair in splits.get(split, [])}
-    mask = [
-        (int(p), int(c)) in keys
-        for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)
-    ]
-    return df[mask]
-
-
-def build_examples(df, *, target: str, fill_missing: bool, with_description: bool):
-    """Conversations for the rows of ``df``; returns (examples, rows skipped for lack of analysis)."""
-    from .scoring import ground_truth_letters
-
-    gt = ground_truth_letters(df[label_column(df.columns)].tolist())
-    examples, skipped = [], 0
-    for row, letter in zip(df.to_dict("records"), gt, strict=True):
-        if target == "teacher":
-            analysis = row.get("teacher_analysis")
-            has_teacher = _is_true(row.get("teacher_correct")) and isinstance(analysis, str) and analysis
-            if not has_teacher:
-                if not fill_missing:
-                    skipped += 1
-                    continue
-                analysis = None  # templated rationale from the ground truth
-        else:  # ground-truth mode: the original scripts' templated answers
-            analysis = None
-        examples.append(
-            Example(
-                row=row,
-                prompt=build_prompt(row, with_description=with_description),
-                target=target_text(letter, analysis),
-                key=(int(row[ID_COLUMNS[0]]), int(row[ID_COLUMNS[1]])),
-            )
-        )
-    return examples, skipped
-
-
-def teacher_guidance(df) -> bool:
-    """Species guidance on when most of the teacher's responses had it (on when unknown)."""
-    flags = df["teacher_with_description"].dropna() if "teacher_with_description" in df else []
-    return bool(len(flags) == 0 or flags.astype(bool).mean() >= 0.5)
-
-
-def _is_true(value) -> bool:
-    """True for True / numpy True; False for False, None, NaN and pandas NA."""
-    return type(value).__name__ in ("bool", "bool_") and bool(value)
 
 
 # ----------------------------------------------------------------------------- collator
@@ -118,8 +57,10 @@ class DistillCollator:
         import torch
 
         tmpl = self.processor.apply_chat_template
-        prompt_text = tmpl(build_messages(ex.prompt), add_generation_prompt=True, tokenize=False)
-        full_text = tmpl(build_messages(ex.prompt, ex.target), tokenize=False)
+        n_images = len(self.image_cols)
+        prompt_text = tmpl(build_messages(ex.prompt, n_images=n_images, layout=ex.layout),
+                           add_generation_prompt=True, tokenize=False)
+        full_text = tmpl(build_messages(ex.prompt, ex.target, n_images=n_images, layout=ex.layout), tokenize=False)
         # The label boundary relies on the template rendering the prompt as a strict prefix.
         if not full_text.startswith(prompt_text + ex.target + self.end_token):
             raise UserError(
@@ -252,36 +193,18 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     t_start = time.time()
 
     # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,
-    #    which may be filtered. Test rows are never read into the training set.
-    from .data import read_merged, sha256_file
+    #    which may be filtered. Test rows are never read into the training set. Every example
+    #    gets the teacher's own prompt (prompts.py: the rule and the fallbacks).
+    from .data import sha256_file
 
     merged_path = Path(cfg.augmented_dataset)
-    if not merged_path.is_file():
-        raise UserError(f"merged dataset not found: {merged_path} (run `connectodistill merge` first)")
-    table, merge_report = read_merged(merged_path)
-    df = table.to_pandas()
-    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
-    if label_column(df.columns) is None:
-        missing.append("ground_truth/class_description")
-    if missing:
-        raise UserError(f"{merged_path}: missing column(s) {', '.join(missing)}; is it merge's output?")
-    image_cols = image_columns(df.columns)
-    if image_cols is None:
-        raise UserError(f"{merged_path}: no image columns (option_1_front_image/_path ...); training needs the views")
-    splits = merge_report.get("splits")
-    if not splits:
-        raise UserError(f"{merged_path}: no split lists in the parquet metadata; re-run merge")
-
-    train_df = pick_rows(df, splits, "train")
-    val_df = pick_rows(df, splits, "val")
-    with_description = cfg.with_description
-    if with_description is None:  # follow the teacher: guidance on when its prompt had it
-        with_description = teacher_guidance(train_df)
-    train_ex, skipped = build_examples(train_df, target=cfg.target, fill_missing=cfg.fill_missing,
-                                       with_description=with_description)
+    data = load_training_data(merged_path, prompt=cfg.prompt, with_description=cfg.with_description,
+                              allow_mixed_prompts=cfg.allow_mixed_prompts)
+    df, splits, image_cols, merge_report = data.df, data.splits, data.image_cols, data.report
+    train_df = data.train_df
+    train_ex, skipped = build_examples(train_df, data, target=cfg.target, fill_missing=cfg.fill_missing)
     # Validation scores every val sample once, whatever the teacher said about it.
-    val_ex, _ = build_examples(val_df.drop_duplicates(list(ID_COLUMNS)), target=cfg.target,
-                               fill_missing=True, with_description=with_description)
+    val_ex, _ = build_examples(data.val_df, data, target=cfg.target, fill_missing=True, sample_level=True)
     if cfg.num_samples:
         train_ex = train_ex[: cfg.num_samples]
     if not train_ex:
@@ -377,6 +300,8 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
         processor.save_pretrained(run_dir)
         history = trainer.state.log_history
         (run_dir / "loss_history.json").write_text(json.dumps(history, indent=1))
+        write_sample_prompts(data, run_dir / SAMPLE_PROMPTS)
+        (run_dir / PROMPT_TEMPLATES).write_text(json.dumps(data.templates, indent=1))
         run_config = {
             "settings": cfg.model_dump(mode="json"),
             "base_model": cfg.model,
@@ -389,9 +314,17 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
             "teacher_models": teacher_models,
             "rows": {"train_examples": len(train_ex), "val_examples": len(val_ex),
                      "skipped_without_analysis": skipped, "train_split_rows": len(train_df)},
+            # What the student was asked: the teacher's prompt (or the builtin one), per row.
+            "prompt_source": cfg.prompt,
+            "prompt_setting": data.setting,
+            "prompt_setting_counts": data.setting_counts,
+            "allow_mixed_prompts": cfg.allow_mixed_prompts,
+            "prompt_sources": {"train_examples": source_counts(train_ex), "val_examples": source_counts(val_ex),
+                               "samples": source_counts(list(data.sample_prompts.values()))},
+            "rows_other_prompt_setting": data.dropped_other_setting,
             "prompt_template_id": PROMPT_TEMPLATE_ID,
             "prompt_template_hash": prompt_template_hash(),
-            "with_description": with_description,
+            "with_description": data.setting != "without_description",
             "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode()).hexdigest(),
             "pixel_budget": budget,
             "image_columns": list(image_cols),
@@ -445,18 +378,21 @@ def _make_trainer_class():
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             if self._val_accuracy is not None and self.eval_dataset:
-                from .evaluation import generate_answers
-                from .scoring import parse_response
+                from .generation import generate_answers
+                from .scoring import option_descriptions, parse_response
 
                 processor, max_new_tokens = self._val_accuracy
                 examples = self.eval_dataset
+                # Short budget, stop at the answer tag: val scoring stays affordable per epoch.
                 responses = generate_answers(
                     self.model, processor, [ex.prompt for ex in examples],
                     [load_images(ex.row, self.data_collator.image_cols) for ex in examples],
+                    layouts=[ex.layout for ex in examples], stop_at_answer=True,
                     batch_size=self.args.per_device_eval_batch_size, max_new_tokens=max_new_tokens,
                 )
                 truth = [re.search(r"<answer>(.)</answer>", ex.target).group(1) for ex in examples]
-                hits = [parse_response(r)[1] == t for r, t in zip(responses, truth, strict=True)]
+                hits = [parse_response(r, option_descriptions(ex.prompt))[1] == t
+                        for r, t, ex in zip(responses, truth, examples, strict=True)]
                 metrics[f"{metric_key_prefix}_val_accuracy"] = sum(hits) / len(hits)
                 self.log({f"{metric_key_prefix}_val_accuracy": metrics[f"{metric_key_prefix}_val_accuracy"]})
             return metrics

@@ -35,7 +35,8 @@ from ..task import (
     VIEWS,
 )
 
-__all__ = ["ANALYSIS_DETAIL", "ANALYSIS_PHRASES", "CLASS_FREQUENCIES", "make_benchmark", "make_teacher_csvs"]
+__all__ = ["ANALYSIS_DETAIL", "ANALYSIS_PHRASES", "CLASS_FREQUENCIES", "PROMPT_OPTIONS", "make_benchmark",
+           "make_teacher_csvs", "teacher_prompt_text"]
 
 # Class frequencies, roughly those of the real MICrONS segment-classification task.
 CLASS_FREQUENCIES: dict[str, float] = {
@@ -499,28 +500,46 @@ _SPECIES_GUIDANCE = {
     ),
 }
 
+# The kit's own wording of the options in its prompt (deliberately not the dataset's strings,
+# so answers given in the prompt's wording exercise the parser's prompt-option rule).
+PROMPT_OPTIONS = {
+    "a": "A single soma with its processes",
+    "b": "Several somas, with processes",
+    "c": "Processes without a soma (axons, dendrites, synapses)",
+    "d": "A nucleus",
+    "e": "Non-neuronal: glial cells or blood vessels",
+    "f": "None of the above",
+    "g": "Unsure",
+}
 
-def _prompt_text(species: str, box_strs: list[str], with_description: bool) -> str:
-    xmin, ymin, zmin, xmax, ymax, zmax = box_strs
+
+def teacher_prompt_text(species: str, size: str, with_description: bool) -> str:
+    """The kit teacher's prompt text (its own words, not ConnectomeBench's), in the real shape:
+    the only per-sample parts are the species and the box size as the teacher printed it
+    (``prompts.size_text``), and the species guidance paragraph sits before the options."""
     parts = [
-        f"You are an expert in {species} connectomics, reviewing a 3D segment from an "
-        "automatic segmentation of an electron-microscopy volume.",
-        "The three images show the segment's mesh from the front, side and top."
-        if with_description
-        else "The three images show the segment mesh from the front, side and top.",
-        f"Bounding box (nm): x {xmin} to {xmax}, y {ymin} to {ymax}, z {zmin} to {zmax}.",
+        f"You are reviewing one 3D segment from an automatic reconstruction of the {species} brain. "
+        "Reconstructions can merge separate cells into one segment or split one cell into pieces.",
+        "The three images show the segment's mesh from the front, the side and the top. "
+        f"Its bounding box measures {size} nm.",
     ]
     if with_description:
         parts.append(_SPECIES_GUIDANCE.get(species, _SPECIES_GUIDANCE["mouse"]))
     parts.append(
-        "Which of the following best describes the segment?\n"
-        + "\n".join(f"{k}) {v}" for k, v in CLASSES.items())
+        "Which option best describes the segment?\n"
+        + "\n".join(f"{k}) {v}" for k, v in PROMPT_OPTIONS.items())
     )
     parts.append(
-        "Explain your reasoning inside <analysis></analysis> tags, then give only the "
-        "letter of your choice inside <answer></answer> tags."
+        "First describe what you see inside <analysis></analysis> tags, then give the letter of "
+        "your choice inside <answer></answer> tags."
     )
     return "\n\n".join(parts)
+
+
+def _size_of(box_strs: list[str]) -> str:
+    from ..prompts import size_text
+
+    return size_text([float(x) for x in box_strs])
 
 
 def _prompt_literal(images: list[bytes] | None, text: str, rng) -> str:
@@ -544,14 +563,13 @@ def _confusion(true_letter: str, rng) -> str:
 def _one_response(
     true_letter: str, correct: bool, usual_mistake: str, defects: bool, rng
 ) -> tuple[str, str]:
-    """(analysis, llm_answer). Defects never change what a strict parser would score."""
+    """(analysis, llm_answer). Defects never change what the answer rule scores."""
     if correct:
         letter = true_letter
     else:  # mistakes are mostly systematic: the segment's usual confusion
         letter = usual_mistake if rng.random() < 0.7 else _confusion(true_letter, rng)
     phrases = ANALYSIS_PHRASES[letter]
-    # A measured detail makes the K analyses of a segment differ, as a real teacher's do
-    # (merge counts identical responses once).
+    # A measured detail makes the K analyses of a segment differ, as a real teacher's do.
     detail = ANALYSIS_DETAIL.format(n=int(rng.integers(5, 60)))
     analysis = f"{phrases[int(rng.integers(len(phrases)))]} {detail}"
     answer = letter
@@ -575,6 +593,17 @@ def _one_response(
         answer = f"({letter})"
     elif u < 0.12:
         answer = f" {letter} "
+    elif u < 0.14:
+        answer = f"**{letter}**"
+    elif u < 0.17:  # the letter with the start of the dataset's description
+        words = CLASSES[letter].split()
+        answer = f"{letter}) {' '.join(words[:max(1, len(words) // 2)])}..."
+    elif u < 0.19:  # the letter with the prompt's own wording
+        answer = f"{letter.upper()}. {PROMPT_OPTIONS[letter]}"
+    elif u < 0.21:  # the full description alone
+        answer = CLASSES[letter]
+    elif u < 0.25:  # analysis tags lost, answer tags kept: a valid letter, no analysis
+        return MISSING_ANALYSIS, letter
     return analysis, answer
 
 
@@ -586,7 +615,7 @@ def make_teacher_csvs(
     *,
     seed: int = 0,
     model: str = "claude-3-7-sonnet-20250219",
-    with_description: bool = True,
+    with_description: bool | tuple[bool, ...] | list[bool] = True,
     files: int = 1,
     second_file_fraction: float = 0.3,
     defects: bool = True,
@@ -607,11 +636,16 @@ def make_teacher_csvs(
     segment's own usual confusion. ``analysis`` describes the answered letter (one of
     ``ANALYSIS_PHRASES``), right or wrong.
 
-    With ``defects=True`` about 12% of answers are written oddly but still name the letter
-    (``"A"``, ``"a)"``, ``"(a)"``, ``" a "``), and 30% of the wrong responses are
-    unparseable (tags missing: ``analysis`` is ``task.MISSING_ANALYSIS`` and the answer
-    empty or garbage; or an ambiguous ``"a or b"``). So a strict parser's accuracy is
-    exactly the accuracy that was drawn.
+    With ``defects=True`` about 21% of answers are written oddly but still name the letter
+    (``"A"``, ``"a)"``, ``"(a)"``, ``" a "``, ``"**a**"``, ``"c) Processes without a..."``,
+    ``"D. A nucleus"`` in the prompt's wording, ``"Nucleus"`` alone), 4% keep a valid letter
+    but lost their analysis tags (``analysis`` is the placeholder), and 30% of the wrong
+    responses are unparseable (tags missing: placeholder analysis and an empty or garbage
+    answer; or an ambiguous ``"a or b"``). So the answer rule's accuracy is exactly the
+    accuracy that was drawn.
+
+    ``with_description`` is one flag for all files or one per file; a file written without
+    the guidance paragraph is named ``..._without_description.csv``, as the benchmark's own.
 
     ``files=2`` adds ``..._K{k}_v2.csv`` (``files=3`` also ``_v3``, ...) with fresh responses
     for a random ``second_file_fraction`` of the rows. Duplicate benchmark rows get their
@@ -666,11 +700,11 @@ def make_teacher_csvs(
         difficulty = np.full(n, accuracy)
     usual_mistake = [_confusion(t, rng) for t in truth]
 
-    def rows_for(indices, rng, fake_rng) -> list[dict]:
+    def rows_for(indices, rng, fake_rng, with_description: bool) -> list[dict]:
         out = []
         for r in indices:
             box_strs = [str(np.float32(boxes[c][r])) for c in boxes]
-            text = _prompt_text(species[r], box_strs, with_description)
+            text = teacher_prompt_text(species[r], _size_of(box_strs), with_description)
             views = None if images is None else [images[v][r] for v in range(len(VIEWS))]
             prompt = _prompt_literal(views, text, fake_rng)
             for idx in range(k):
@@ -700,10 +734,15 @@ def make_teacher_csvs(
     for f in range(1, files):
         subset = np.random.default_rng([seed, 3, f]).choice(n, size=m, replace=False)
         plan.append((f"_v{f + 1}", sorted(subset.tolist())))
+    flags = [with_description] * files if isinstance(with_description, bool) else list(with_description)
+    if len(flags) != files:
+        raise ValueError(f"with_description has {len(flags)} values for {files} files")
     paths = []
     for f, (suffix, indices) in enumerate(plan):
+        if not flags[f]:  # the benchmark script's naming for files written without guidance
+            suffix += "_without_description"
         rows = rows_for(
-            indices, np.random.default_rng([seed, 4, f]), np.random.default_rng([seed, 5, f])
+            indices, np.random.default_rng([seed, 4, f]), np.random.default_rng([seed, 5, f]), flags[f]
         )
         frame = pd.DataFrame(rows, columns=list(_CSV_COLUMNS))
         path = out_dir / _TEACHER_FILE.format(model=model, k=k, suffix=suffix)

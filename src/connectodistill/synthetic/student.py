@@ -163,14 +163,51 @@ def make_tiny_student(
     return path
 
 
+# The real hub processors' own pixel budgets (preprocessor_config.json `size`): Qwen3-VL
+# 256*256 .. 4096*4096, Qwen2/2.5-VL 56*56 .. 12845056 (load_processor then caps the maximum).
+REAL_PIXEL_BUDGETS: dict[str, tuple[int, int]] = {
+    "qwen3-vl": (65536, 16777216),
+    "qwen2.5-vl": (3136, 12845056),
+    "qwen2-vl": (3136, 12845056),
+}
+
+
+def make_processor(path: str | Path, kind: str = "qwen3-vl", *, min_pixels: int | None = None,
+                   max_pixels: int | None = None) -> Path:
+    """Save only the kit's processor (tokenizer, chat template, image/video processor) at ``path``.
+
+    For a model built from a config without weights (benchmarks of the real model's shape):
+    the real patch size and merge of ``kind``, and by default the real hub processor's own
+    pixel budget (``REAL_PIXEL_BUDGETS``), so that ``modeling.load_processor`` resolves the
+    budget exactly as for the hub id. The tokenizer is the kit's small BPE, not Qwen's.
+    """
+    kind = str(kind).lower()
+    if kind not in KINDS:
+        raise UserError(f"unknown student kind {kind!r}; choose one of {', '.join(KINDS)}")
+    real_min, real_max = REAL_PIXEL_BUDGETS[kind]
+    min_pixels = real_min if min_pixels is None else int(min_pixels)
+    max_pixels = real_max if max_pixels is None else int(max_pixels)
+    patch = 16 if kind == "qwen3-vl" else 14
+    processor = _build_processor(kind, _build_tokenizer(), patch=patch, merge=2,
+                                 min_pixels=min_pixels, max_pixels=max_pixels)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    processor.save_pretrained(path)
+    return path
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 
 def _corpus() -> list[str]:
     from ..conversation import tokenizer_corpus
-    from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES
+    from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES, teacher_prompt_text
 
     texts = list(tokenizer_corpus()) + [ANALYSIS_DETAIL.format(n=n) for n in range(5, 60)]
+    # the kit teacher's own prompt (what the student is trained and scored on), all settings
+    for species in ("mouse", "fly"):
+        for guidance in (True, False):
+            texts.append(teacher_prompt_text(species, "1234.5 x 6789.0 x 2345.25", guidance))
     for phrases in dict(ANALYSIS_PHRASES).values():
         if isinstance(phrases, str):
             texts.append(phrases)

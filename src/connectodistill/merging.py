@@ -1,0 +1,565 @@
+"""merge: teacher CSVs -> matched, scored, split, filtered rows in one parquet (the recipe).
+
+The recipe (``merge``) reads top to bottom over the steps of the flow:
+
+1. ``teacher_csv.read_teacher_csvs``: well-formed teacher rows, ids exact, prompts decoded;
+2. ``matching.describe_benchmark`` / ``match_responses`` / ``score_responses`` / ``vote``:
+   which segment each response answered, right or wrong by the one answer rule;
+3. ``splits.assign_splits`` over the leak-proof groups of every benchmark sample, before
+   any filtering;
+4. ``prompts.recover_templates``: the teacher's prompt as a template, checked byte for byte;
+5. ``select_rows``: the filters shape the *train* rows only (correct responses first, up to
+   N per sample, ``filter_correct_only``); every val and test sample keeps one row with its
+   first teacher response, so validation and test score every sample, including those the
+   teacher got wrong;
+6. ``build_table`` / ``build_responses`` / ``build_report`` and ``write_outputs`` (all three
+   files renamed into place together at the very end, so a failed run writes nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from . import data
+from .config import MergeConfig
+from .errors import UserError
+from .matching import (
+    TEACHER_COLUMNS,
+    UNPARSED_CODE,
+    Benchmark,
+    Votes,
+    describe_benchmark,
+    match_responses,
+    score_responses,
+    vote,
+)
+from .prompts import recover_templates, setting_name, size_text
+from .splits import assign_splits
+from .task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, MISSING_ANALYSIS, SPLITS, image_columns
+from .teacher_csv import Teacher, as_numpy, memory_pool, prompt_texts, read_teacher_csvs
+
+__all__ = ["MergeResult", "merge", "output_paths"]
+
+_NO_ANALYSIS = rf"^\s*(?:{re.escape(MISSING_ANALYSIS)})?\s*$"
+
+
+@dataclass
+class MergeResult:
+    """What ``merge`` produced: the output rows, the report (= metadata JSON), the paths."""
+
+    table: pa.Table
+    report: dict
+    output: Path
+    responses: pa.Table | None = None
+    responses_path: Path | None = None
+    metadata_path: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ======================================================================================
+# the recipe
+# ======================================================================================
+
+
+def merge(
+    config: MergeConfig | None = None,
+    *,
+    progress: bool = True,
+    quiet: bool = False,
+    **overrides: Any,
+) -> MergeResult:
+    """Match teacher CSVs to the benchmark, score, split, filter, and write three files.
+
+    ``config`` gives the options (``MergeConfig``); keyword arguments override its fields,
+    e.g. ``merge(csv_files=["a.csv"], output="m.parquet", dataset_name="bench.parquet")``.
+    Writes OUT (the merged rows), ``<stem>_responses.parquet`` (every matched response, with
+    the prompt it answered) and ``<stem>_metadata.json`` (the report), all at the end and
+    atomically. ``progress`` shows bars while reading large CSVs; ``quiet`` also silences
+    the summary table. Bad input raises UserError before anything is written.
+    """
+    from rich.console import Console
+
+    cfg = _resolve_config(config, overrides)
+    console = Console(stderr=True, quiet=quiet)
+    clock = _Clock()
+
+    # Check the cheap things first, so a typo fails before minutes of reading.
+    outputs = output_paths(cfg.output)
+    _check_inputs(cfg.csv_files, outputs, cfg.force)
+
+    # The benchmark: every sample, its ground-truth letter, its segment and its leak-proof group.
+    bench = describe_benchmark(
+        data.load_benchmark(cfg.dataset_name, cfg.config_name, cfg.dataset_split), cfg.dataset_name
+    )
+    clock("load benchmark")
+
+    # The teacher: every well-formed CSV row, files in the order given, rows in file order.
+    teacher = read_teacher_csvs(cfg.csv_files, progress=progress and not quiet, console=console)
+    clock("read CSVs")
+
+    # Join on the ids, let the box decide; a row repeated inside its own file counts once.
+    teacher = match_responses(bench, teacher)
+    _require_some_match(bench, teacher, cfg)
+    clock("match")
+
+    # The prompt each matched response answered (text and block layout), decoded once.
+    prompts = decode_prompts(teacher)
+    clock("prompts")
+
+    # One rule for every answer; right or wrong against the segment's ground truth.
+    teacher = score_responses(bench, teacher, sorted(set(prompts.texts) - {None}))
+    votes = vote(bench, teacher)
+    clock("score")
+
+    # Splits over all samples and whole leak-proof groups, before any filtering.
+    split = assign_splits(
+        bench.group, np.asarray(LETTERS)[bench.truth],
+        test_size=cfg.test_size, val_size=cfg.val_size, seed=cfg.seed,
+    )
+    clock("split")
+
+    # The teacher's prompt as a template per (species, setting), kept only if exact.
+    templates = teacher_templates(bench, teacher, prompts)
+
+    # Train rows: filtered; val/test samples: one row each, never filtered.
+    rows, resp, train_row = select_rows(bench, teacher, cfg, trainable=split == "train")
+    table = build_table(bench, teacher, votes, prompts, split, rows, resp, train_row)
+    responses = build_responses(bench, teacher, prompts, split)
+    report = build_report(cfg, bench, teacher, votes, prompts, templates, split, table)
+    clock("build")
+
+    write_outputs(outputs, table, responses, report)
+    clock("write")
+
+    print_summary(console, report, outputs)
+    return MergeResult(
+        table=table, report=report, output=outputs[0], responses=responses,
+        responses_path=outputs[1], metadata_path=outputs[2], timings=clock.laps,
+    )
+
+
+# ======================================================================================
+# options and paths
+# ======================================================================================
+
+
+def _resolve_config(config: MergeConfig | None, overrides: dict[str, Any]) -> MergeConfig:
+    from pydantic import ValidationError
+
+    unknown = sorted(set(overrides) - set(MergeConfig.model_fields))
+    if unknown:
+        raise TypeError(f"merge() got unknown option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(MergeConfig.model_fields)}")
+    if isinstance(overrides.get("csv_files"), str | Path):
+        overrides["csv_files"] = [overrides["csv_files"]]
+    values = {**(config.model_dump() if config is not None else {}), **overrides}
+    try:
+        return MergeConfig(**values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "?"
+        raise UserError(f"invalid merge option {where}: {err['msg']}") from e
+
+
+def output_paths(output: Path) -> tuple[Path, Path, Path]:
+    """(OUT, OUT's ``<stem>_responses.parquet``, OUT's ``<stem>_metadata.json``)."""
+    output = Path(output)
+    return (
+        output,
+        output.with_name(f"{output.stem}_responses.parquet"),
+        output.with_name(f"{output.stem}_metadata.json"),
+    )
+
+
+def _check_inputs(csv_files: list[Path], outputs: tuple[Path, ...], force: bool) -> None:
+    if not csv_files:
+        raise UserError("no teacher CSV files given; pass one or more CSV paths (e.g. *_K5.csv)")
+    for path in csv_files:
+        if not path.exists():
+            raise UserError(f"teacher CSV not found: {path}; check the path")
+        if not path.is_file():
+            raise UserError(f"teacher CSV is not a file: {path}; pass the CSV file itself")
+    for path in outputs:
+        if path.is_dir():
+            raise UserError(f"output {path} is a folder; pass a file name such as merged.parquet to --output")
+        if path.exists() and not force:
+            raise UserError(f"output {path} already exists; pass --force to overwrite it or choose another --output")
+
+
+def _require_some_match(bench: Benchmark, teacher: Teacher, cfg: MergeConfig) -> None:
+    if (teacher.segment >= 0).any():
+        return
+    if teacher.n == 0:
+        raise UserError(f"no usable teacher rows in {', '.join(map(str, cfg.csv_files))} "
+                        f"({teacher.malformed_count} malformed); check the files")
+    t = teacher.table
+    example = (t["proofread_root_id"][0].as_py(), t["current_root_id"][0].as_py())
+    raise UserError(
+        f"no teacher response matched dataset {cfg.dataset_name!r} (config {cfg.config_name!r}, "
+        f"split {cfg.dataset_split!r}, {bench.n} samples) on ids and bounding box; e.g. CSV ids "
+        f"{example[0]}/{example[1]} are not in it: check --dataset-name/--config-name and the CSV files"
+    )
+
+
+class _Clock:
+    """Seconds per stage, for benchmarks (``MergeResult.timings``)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + now - self._t
+        self._t = now
+
+
+# ======================================================================================
+# the teacher's prompts
+# ======================================================================================
+
+
+@dataclass
+class Prompts:
+    """Per teacher row: the decoded prompt text and block layout (None where not decoded)."""
+
+    texts: list[str | None]
+    layouts: list[str | None]
+
+    def take(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        t = [self.texts[r] if r >= 0 else None for r in rows.tolist()]
+        lay = [self.layouts[r] if r >= 0 else None for r in rows.tolist()]
+        return pa.array(t, pa.string()), pa.array(lay, pa.string())
+
+
+def decode_prompts(teacher: Teacher) -> Prompts:
+    """The text block and layout of every matched, kept response's prompt (others: None)."""
+    use = np.flatnonzero(teacher.keep & (teacher.segment >= 0))
+    texts: list[str | None] = [None] * teacher.n
+    layouts: list[str | None] = [None] * teacher.n
+    if len(use):
+        t, lay = prompt_texts(pc.take(teacher.table["prompt"], pa.array(use), memory_pool=memory_pool()))
+        for r, x, y in zip(use.tolist(), t.to_pylist(), lay.to_pylist(), strict=True):
+            texts[r], layouts[r] = x, y
+    return Prompts(texts, layouts)
+
+
+def teacher_templates(bench: Benchmark, teacher: Teacher, prompts: Prompts) -> dict[str, dict]:
+    """``prompts.recover_templates`` over the matched responses: size from the CSV's own box,
+    species from the CSV (else the benchmark), setting from ``with_description``."""
+    t = teacher.table
+    box = np.column_stack([t[c].to_numpy() for c in BBOX_COLUMNS])
+    species = t["species"].to_pylist()
+    bench_species = (bench.table["species"].to_pylist() if "species" in bench.table.column_names
+                     else [None] * bench.n)
+    flags = t["with_description"].to_pylist()
+    records = []
+    for r, text in enumerate(prompts.texts):
+        if text is None:
+            continue
+        sp = species[r] or bench_species[teacher.segment[r]]
+        records.append((text, sp, size_text(box[r]), setting_name(flags[r]), prompts.layouts[r]))
+    return recover_templates(records)
+
+
+# ======================================================================================
+# output rows
+# ======================================================================================
+
+
+def select_rows(bench: Benchmark, teacher: Teacher, cfg: MergeConfig,
+                trainable: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(benchmark row, teacher row or -1, train_row) per output row, in benchmark order.
+
+    A ``trainable`` sample gets its segment's responses, correct ones first, then input
+    order, at most ``responses_per_sample`` (None = all; a sample without any appears once
+    with -1); then ``filter_matched_only`` drops the -1 rows and ``filter_correct_only``
+    keeps only correct responses. These rows have ``train_row`` True.
+
+    Every other sample (val, test) gets exactly one row, never filtered: its first response
+    in input order (-1 when it has none), with ``train_row`` False. So validation and test
+    keep the samples the teacher got wrong.
+    """
+    use = np.flatnonzero(teacher.keep & (teacher.segment >= 0))
+    seg = teacher.segment[use]
+    order = teacher.table["order"].to_numpy()[use]
+    ranked = use[np.lexsort((order, ~teacher.correct[use], seg))]  # by segment, correct first
+    per_seg = np.bincount(seg, minlength=bench.n)
+    start = np.cumsum(per_seg) - per_seg
+    available = per_seg[bench.segment]
+
+    # train rows
+    limit = cfg.responses_per_sample
+    take = available if limit is None else np.minimum(available, limit)
+    reps = np.where(trainable, np.maximum(take, 1), 0)
+    rows = np.repeat(np.arange(bench.n), reps)
+    within = np.arange(len(rows)) - np.repeat(np.cumsum(reps) - reps, reps)
+    has = available[rows] > 0
+    resp = np.full(len(rows), -1, dtype=np.int64)
+    resp[has] = ranked[start[bench.segment[rows[has]]] + within[has]]
+    keep = np.ones(len(rows), dtype=bool)
+    if cfg.filter_matched_only:
+        keep &= resp >= 0
+    if cfg.filter_correct_only:
+        keep &= (resp >= 0) & teacher.correct[np.maximum(resp, 0)]
+    rows, resp = rows[keep], resp[keep]
+
+    # one unfiltered row per val/test sample: its first response in input order
+    by_order = use[np.lexsort((order, seg))]
+    held = np.flatnonzero(~trainable)
+    first = np.full(len(held), -1, dtype=np.int64)
+    has = available[held] > 0
+    first[has] = by_order[start[bench.segment[held[has]]]]
+
+    all_rows = np.concatenate([rows, held])
+    all_resp = np.concatenate([resp, first])
+    train_row = np.concatenate([np.ones(len(rows), bool), np.zeros(len(held), bool)])
+    o = np.argsort(all_rows, kind="stable")
+    return all_rows[o], all_resp[o], train_row[o]
+
+
+def build_table(bench: Benchmark, teacher: Teacher, votes: Votes, prompts: Prompts, split: np.ndarray,
+                rows: np.ndarray, resp: np.ndarray, train_row: np.ndarray) -> pa.Table:
+    """Benchmark columns byte-identical (``take``), then the teacher columns, ``split`` etc."""
+    out = bench.table.take(pa.array(rows, pa.int64()))
+    t = teacher.table
+    idx = pa.array(resp, mask=resp < 0)
+    letters = pa.array([*LETTERS, None], pa.string())
+    # the placeholder for missing analysis tags (or an empty cell) is no analysis; the answer
+    # is still scored. Taking through a null index avoids copying the texts twice.
+    no_analysis = as_numpy(pc.match_substring_regex(t["analysis"], _NO_ANALYSIS), bool)
+    analysis_rows = np.where((resp >= 0) & ~no_analysis[np.maximum(resp, 0)], resp, -1)
+    prompt, layout = prompts.take(resp)
+    columns = {
+        "teacher_analysis": pc.take(t["analysis"], pa.array(analysis_rows, mask=analysis_rows < 0),
+                                    memory_pool=memory_pool()),
+        "teacher_answer": letters.take(pa.array(teacher.code)).take(idx),
+        "teacher_answer_raw": t["llm_answer"].take(idx),
+        "teacher_correct": pa.array(teacher.correct).take(idx),
+        "teacher_model": t["model"].take(idx),
+        "teacher_prompt": prompt,
+        "teacher_prompt_layout": layout,
+        "teacher_source": t["source"].take(idx),
+        "teacher_index": t["index"].take(idx),
+        "teacher_votes": pc.if_else(pa.array(resp >= 0), votes.summary.take(pa.array(rows)),
+                                    pa.scalar(None, pa.string())),
+        "teacher_with_description": t["with_description"].take(idx),
+        "split": pa.array(split[rows], pa.string()),
+        "split_group": pa.array(bench.group[rows]),
+        "train_row": pa.array(train_row),
+    }
+    for name in TEACHER_COLUMNS:
+        col = columns[name]
+        out = out.append_column(name, col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    return out
+
+
+def build_responses(bench: Benchmark, teacher: Teacher, prompts: Prompts, split: np.ndarray) -> pa.Table:
+    """Every matched response once (in-file repeats dropped), in input order, unfiltered,
+    with the prompt it answered."""
+    use = np.flatnonzero(teacher.keep & (teacher.segment >= 0))
+    seg = teacher.segment[use]
+    t = teacher.table
+    idx = pa.array(use)
+    letters = np.array([*LETTERS, None], dtype=object)
+    no_analysis = as_numpy(pc.match_substring_regex(t["analysis"].take(idx), _NO_ANALYSIS), bool)
+    prompt, layout = prompts.take(use)
+    return pa.table({
+        "proofread_root_id": pa.array(bench.prid[seg]),
+        "current_root_id": pa.array(bench.crid[seg]),
+        "sample_index": pa.array(seg),
+        "split": pa.array(split[seg], pa.string()),
+        "split_group": pa.array(bench.group[seg]),
+        "teacher_answer": pa.array(letters[teacher.code[use]], pa.string()),
+        "ground_truth_letter": pa.array(np.asarray(LETTERS)[bench.truth[seg]], pa.string()),
+        "teacher_correct": pa.array(teacher.correct[use]),
+        "teacher_analysis": pc.if_else(pa.array(no_analysis), pa.scalar(None, pa.string()),
+                                       t["analysis"].take(idx)),
+        "teacher_model": t["model"].take(idx),
+        "teacher_source": t["source"].take(idx),
+        "teacher_index": t["index"].take(idx),
+        "teacher_order": t["order"].take(idx),
+        "teacher_answer_raw": t["llm_answer"].take(idx),
+        "teacher_with_description": t["with_description"].take(idx),
+        "teacher_prompt": prompt,
+        "teacher_prompt_layout": layout,
+    })
+
+
+# ======================================================================================
+# the report
+# ======================================================================================
+
+
+def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Votes, prompts: Prompts,
+                 templates: dict[str, dict], split: np.ndarray, table: pa.Table) -> dict:
+    """The metadata JSON (also stored in the parquet schema). Ids are plain ints."""
+    output_rows = table.num_rows
+    matched_resp = teacher.keep & (teacher.segment >= 0)
+    unmatched_resp = teacher.keep & (teacher.segment < 0)
+    n_matched = int(matched_resp.sum())
+    n_correct = int(teacher.correct[matched_resp].sum())
+    has = votes.responses > 0
+    majority_right = has & (votes.majority == bench.truth)
+    resp_truth = bench.truth[teacher.segment[matched_resp]]
+    resp_right = teacher.correct[matched_resp]
+
+    per_class = {}
+    for k, letter in enumerate(LETTERS):
+        here = bench.truth == k
+        per_class[letter] = {
+            "samples": int(here.sum()),
+            "matched_samples": int((here & has).sum()),
+            "responses": int((resp_truth == k).sum()),
+            "correct": int(resp_right[resp_truth == k].sum()),
+        }
+    splits = {
+        s: np.column_stack([bench.prid[split == s], bench.crid[split == s]]).tolist() for s in SPLITS
+    }
+    unmatched_examples = []
+    if unmatched_resp.any():
+        t = teacher.table
+        for r in np.flatnonzero(unmatched_resp)[:5].tolist():
+            unmatched_examples.append({
+                "file": t["source"][r].as_py(),
+                **{c: t[c][r].as_py() for c in (*ID_COLUMNS, *BBOX_COLUMNS)},
+            })
+    n = bench.n
+    matched_samples = int(has.sum())
+    # prompt settings of the matched responses, and samples whose responses (in one setting)
+    # carry more than one prompt text
+    flags = teacher.table["with_description"].to_pylist()
+    setting_counts: dict[str, int] = {}
+    texts_per: dict[tuple[int, str], set] = {}
+    for r in np.flatnonzero(matched_resp).tolist():
+        name = setting_name(flags[r])
+        setting_counts[name] = setting_counts.get(name, 0) + 1
+        if prompts.texts[r] is not None:
+            texts_per.setdefault((int(bench.segment[teacher.segment[r]]), name), set()).add(prompts.texts[r])
+    several = sum(len(v) > 1 for v in texts_per.values())
+    group_sizes = np.bincount(bench.group)
+    train_row = table["train_row"].to_numpy(zero_copy_only=False)
+    return {
+        "total_samples": n,
+        "matched_samples": matched_samples,
+        "unmatched_samples": n - matched_samples,
+        "match_rate": matched_samples / n,
+        "duplicate_samples": int(n - len(np.unique(bench.segment))),
+        "teacher_responses": teacher.n,
+        "malformed_rows": teacher.malformed_count,
+        "skipped_files": teacher.skipped_files,
+        # rows repeating an earlier row of their own file (same segment, index and texts)
+        "duplicate_responses": int((~teacher.keep).sum()),
+        "matched_responses": n_matched,
+        "unmatched_responses": int(unmatched_resp.sum()),
+        "correct_responses": n_correct,
+        "unparsed_responses": int((teacher.code[matched_resp] == UNPARSED_CODE).sum()),
+        "response_accuracy": n_correct / n_matched if n_matched else 0.0,
+        "majority_accuracy": int(majority_right.sum()) / matched_samples if matched_samples else 0.0,
+        # how much the K responses of a sample agree: 1.0 = always the same letter
+        "mean_majority_share": float(votes.share[has].mean()) if matched_samples else 0.0,
+        "samples_with_correct_response": int((votes.correct > 0).sum()),
+        "output_rows": output_rows,
+        "train_rows": int(train_row.sum()),
+        "held_out_rows": int((~train_row).sum()),
+        "prompt_settings": setting_counts,
+        "samples_with_several_prompts": several,
+        "prompts_decoded": int(sum(x is not None for x in prompts.texts)),
+        "prompt_templates": templates,
+        "per_class": per_class,
+        "split_sizes": {s: int((split == s).sum()) for s in SPLITS},
+        "csv_files": [str(p) for p in cfg.csv_files],
+        "csv_file_rows": teacher.files,
+        "filters_apply_to": "train rows only; val/test samples keep one unfiltered row each",
+        "malformed": teacher.malformed,
+        "unmatched_examples": unmatched_examples,
+        "dataset_name": cfg.dataset_name,
+        "config_name": cfg.config_name,
+        "dataset_split": cfg.dataset_split,
+        "label_column": bench.label_column,
+        "image_columns": list(image_columns(bench.table.column_names) or []),
+        "responses_per_sample": cfg.responses_per_sample,
+        "filter_correct_only": cfg.filter_correct_only,
+        "filter_matched_only": cfg.filter_matched_only,
+        "test_size": cfg.test_size,
+        "val_size": cfg.val_size,
+        "seed": cfg.seed,
+        "split_groups": int(len(group_sizes)),
+        "largest_split_group": int(group_sizes.max()) if len(group_sizes) else 0,
+        "split_group_rule": "connected components over both ids (samples sharing either id)",
+        "splits": splits,
+    }
+
+
+def write_outputs(outputs: tuple[Path, Path, Path], table: pa.Table, responses: pa.Table,
+                  report: dict) -> None:
+    """All three files through temporary names, renamed into place together at the end."""
+    out, resp_path, meta_path = outputs
+    compact = json.dumps(report)  # serialised once: the split lists can hold 40k id pairs
+    # one key per line in the file, the long split lists on their own (compact) lines
+    readable = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in report.items()) + "\n}\n"
+    with data.atomic_paths(out, resp_path, meta_path) as (t_out, t_resp, t_meta):
+        data.write_parquet(table, t_out, compact)
+        data.write_parquet(responses, t_resp, compact)
+        t_meta.write_text(readable, encoding="utf-8")
+
+
+# ======================================================================================
+# the summary
+# ======================================================================================
+
+
+def print_summary(console, report: dict, outputs: tuple[Path, ...]) -> None:
+    """A readable table of what matched, how often the teacher was right, and the splits."""
+    from rich.table import Table
+
+    r = report
+    t = Table(title="merge", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column(justify="right")
+    t.add_column()
+    t.add_row("dataset", f"{r['total_samples']} samples", f"{r['dataset_name']} ({r['dataset_split']})")
+    t.add_row("matched samples", f"{r['matched_samples']}",
+              f"{r['match_rate']:.1%}; {r['unmatched_samples']} without a response")
+    if r["duplicate_samples"]:
+        t.add_row("duplicate samples", f"{r['duplicate_samples']}", "rows repeating another row's segment")
+    t.add_row("teacher rows", f"{r['teacher_responses']}", f"from {len(r['csv_files'])} file(s)")
+    t.add_row("malformed rows", f"{r['malformed_rows']}", "skipped (see metadata 'malformed')")
+    if r["skipped_files"]:
+        t.add_row("skipped files", f"{len(r['skipped_files'])}", "same bytes as an earlier file")
+    t.add_row("repeated rows", f"{r['duplicate_responses']}", "repeats inside one file, counted once")
+    t.add_row("matched responses", f"{r['matched_responses']}", f"{r['unmatched_responses']} unmatched")
+    t.add_row("response accuracy", f"{r['response_accuracy']:.1%}",
+              f"{r['correct_responses']} correct, {r['unparsed_responses']} unparsed")
+    t.add_row("majority accuracy", f"{r['majority_accuracy']:.1%}",
+              f"{r['samples_with_correct_response']} samples with a correct response")
+    sizes = r["split_sizes"]
+    t.add_row("splits", f"{sum(sizes.values())}", "  ".join(f"{k} {v}" for k, v in sizes.items()))
+    t.add_row("split groups", f"{r['split_groups']}", f"largest {r['largest_split_group']} samples (shared ids)")
+    settings = ", ".join(f"{k} {v}" for k, v in r["prompt_settings"].items())
+    t.add_row("prompt settings", f"{sum(r['prompt_settings'].values())}", f"responses: {settings}")
+    kept = [k for k, v in r["prompt_templates"].items() if v["template"]]
+    t.add_row("prompt templates", f"{len(kept)}/{len(r['prompt_templates'])}",
+              "recovered byte for byte" + (f": {', '.join(kept)}" if kept else ""))
+    t.add_row("output rows", f"{r['output_rows']}",
+              f"{r['train_rows']} train, {r['held_out_rows']} val/test (unfiltered) -> {outputs[0]}")
+    console.print(t)
+    for m in r["malformed"][:5]:
+        console.print(f"[yellow]malformed[/] {m['file']} line {m['line'] or '?'}: {m['reason']}")
+    for k, v in r["prompt_templates"].items():
+        if not v["template"]:
+            console.print(f"[yellow]no prompt template[/] for {k}: {v['reason']}; per-sample prompts only")
+    if r["samples_with_several_prompts"]:
+        console.print(f"[yellow]{r['samples_with_several_prompts']} samples[/] carry several prompt texts in one "
+                      "setting; each uses its first response's prompt (input order)")
+    if r["malformed_rows"] > 5:
+        console.print(f"[yellow]... {r['malformed_rows'] - 5} more malformed rows[/]")
