@@ -14,17 +14,19 @@ import pytest
 from connectodistill import data
 from connectodistill.config import MergeConfig
 from connectodistill.errors import UserError
-from connectodistill.matching import (
-    TEACHER_COLUMNS,
-    _parse_float_strings,
-    _parse_int_strings,
-    _prompt_texts,
-    merge,
-    prompt_text,
-)
+from connectodistill.matching import TEACHER_COLUMNS
+from connectodistill.merging import merge
 from connectodistill.scoring import majority_vote, parse_answer
-from connectodistill.synthetic.benchmark import make_benchmark, make_teacher_csvs
+from connectodistill.synthetic.benchmark import PROMPT_OPTIONS, make_benchmark, make_teacher_csvs
 from connectodistill.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
+from connectodistill.teacher_csv import (
+    _parse_float_strings,
+    prompt_text,
+    prompt_texts,
+)
+from connectodistill.teacher_csv import (
+    parse_int_strings as _parse_int_strings,
+)
 
 REPORT_KEYS = {
     "total_samples", "matched_samples", "unmatched_samples", "match_rate", "teacher_responses",
@@ -65,12 +67,20 @@ def reference(bench_path, csvs):
     """Per-sample responses computed the slow, obvious way (pandas + Python), for cross-checks."""
     bench = pq.read_table(bench_path, columns=["proofread_root_id", "current_root_id",
                                                "class_description"]).to_pylist()
-    frames = [read_text(p) for p in csvs]
+    frames, seen = [], set()
+    for i, p in enumerate(csvs):
+        content = Path(p).read_bytes()
+        if content in seen:  # a file repeating an earlier one's bytes is skipped whole
+            continue
+        seen.add(content)
+        frames.append(read_text(p).assign(_file=i))
     rows = pd.concat(frames, ignore_index=True)
-    rows = rows.drop_duplicates(subset=["proofread root id", "current root id", "llm_answer", "analysis"])
+    # only a row repeating a row of its own file (same segment, index and texts) counts once
+    rows = rows.drop_duplicates(subset=["_file", "proofread root id", "current root id", "index",
+                                        "llm_answer", "analysis"])
     by_key: dict[tuple[int, int], list[str | None]] = {}
     for p, c, a in zip(rows["proofread root id"], rows["current root id"], rows["llm_answer"], strict=True):
-        by_key.setdefault((int(p), int(c)), []).append(parse_answer(a))
+        by_key.setdefault((int(p), int(c)), []).append(parse_answer(a, PROMPT_OPTIONS))
     out = []
     for r in bench:
         letters = by_key.get((r["proofread_root_id"], r["current_root_id"]), [])
@@ -149,7 +159,8 @@ def test_columns_ids_and_dataset_columns_untouched(default_run, small_benchmark)
     assert t["teacher_answer"].null_count < t.num_rows
     assert set(t["split"].to_pylist()) == {"train", "val", "test"}
     assert set(t["teacher_source"].to_pylist()) == {"claude-3-7-sonnet-20250219_analysis_results_K5.csv"}
-    assert "Bounding box" in t["teacher_prompt"][0].as_py()
+    assert "bounding box measures" in t["teacher_prompt"][0].as_py()
+    assert set(t["teacher_prompt_layout"].to_pylist()) == {"image,image,image,text"}
 
 
 def test_output_files_and_metadata(default_run):
@@ -287,10 +298,13 @@ def test_second_file_adds_responses_in_file_order(tmp_path, small_benchmark, two
 
 
 def test_same_file_twice_counts_once(tmp_path, small_benchmark, teacher_csvs, default_run):
-    res = run(tmp_path, [teacher_csvs[0], teacher_csvs[0]], small_benchmark)
+    copy = tmp_path / "copy_of_K5.csv"
+    copy.write_bytes(Path(teacher_csvs[0]).read_bytes())
+    res = run(tmp_path, [teacher_csvs[0], teacher_csvs[0], copy], small_benchmark)
     once, twice = default_run.report, res.report
-    assert twice["teacher_responses"] == 2 * once["teacher_responses"]
-    assert twice["duplicate_responses"] == once["duplicate_responses"] + once["teacher_responses"]
+    assert twice["teacher_responses"] == once["teacher_responses"]  # same bytes: skipped whole
+    assert [f["path"] for f in twice["skipped_files"]] == [str(teacher_csvs[0]), str(copy)]
+    assert twice["duplicate_responses"] == once["duplicate_responses"] == 0
     for key in ("matched_responses", "correct_responses", "response_accuracy", "majority_accuracy",
                 "samples_with_correct_response", "splits"):
         assert twice[key] == once[key]
@@ -301,14 +315,17 @@ def test_answers_are_parsed_strictly_and_placeholder_analysis_is_null(tmp_path, 
     bench_path, csvs = plain_bench
     text = read_text(csvs[0])
     bench = pq.read_table(bench_path).to_pandas()
-    # one sample, seven crafted responses
-    pid, cid = str(bench.loc[0, "proofread_root_id"]), str(bench.loc[0, "current_root_id"])
-    truth = DESCRIPTION_TO_LETTER[bench.loc[0, "class_description"]]
+    # one train sample (the split depends on the benchmark alone), seven crafted responses
+    split = run(tmp_path / "first", csvs, bench_path).table["split"].to_pylist()
+    i = split.index("train")
+    pid, cid = str(bench.loc[i, "proofread_root_id"]), str(bench.loc[i, "current_root_id"])
+    truth = DESCRIPTION_TO_LETTER[bench.loc[i, "class_description"]]
     rows = text[(text["proofread root id"] == pid) & (text["current root id"] == cid)].iloc[:1]
     answers = [f"({truth.upper()})", f"{truth})", "a or b", "", "this is a soma", "h", f" {truth} "]
     crafted = pd.concat([rows] * len(answers), ignore_index=True)
     crafted["llm_answer"] = answers
-    crafted["analysis"] = [f"analysis {i}" for i in range(len(answers))]
+    crafted["index"] = [str(k) for k in range(len(answers))]
+    crafted["analysis"] = [f"analysis {k}" for k in range(len(answers))]
     crafted.loc[6, "analysis"] = MISSING_ANALYSIS
     rest = text[~((text["proofread root id"] == pid) & (text["current root id"] == cid))]
     csv = write_text(pd.concat([crafted, rest]), tmp_path / "t.csv")
@@ -332,15 +349,29 @@ def test_answers_are_parsed_strictly_and_placeholder_analysis_is_null(tmp_path, 
 
 
 def test_responses_per_sample_and_filters(tmp_path, small_benchmark, teacher_csvs, default_run):
+    """The filters shape the train rows only; every val/test sample keeps one unfiltered row."""
     r0 = default_run.report
+    resp = default_run.responses.to_pandas()
+    held = r0["split_sizes"]["val"] + r0["split_sizes"]["test"]
+    train_resp = resp[resp["split"] == "train"]
     full = run(tmp_path, teacher_csvs, small_benchmark, "all.parquet", responses_per_sample="all")
-    assert full.table.num_rows == r0["matched_responses"]
+    ft = full.table.to_pandas()
+    assert full.report["train_rows"] == len(train_resp) and full.report["held_out_rows"] == held
+    assert ft[~ft["train_row"]].groupby("current_root_id").size().max() == 1
+    assert set(ft[~ft["train_row"]]["split"]) == {"val", "test"} and set(ft[ft["train_row"]]["split"]) == {"train"}
     two = run(tmp_path, teacher_csvs, small_benchmark, "two.parquet", responses_per_sample=2)
     per = two.table.to_pandas().groupby("current_root_id").size()
     assert per.max() == 2 and per.min() >= 1
     correct = run(tmp_path, teacher_csvs, small_benchmark, "c.parquet", filter_correct_only=True)
-    assert correct.table.num_rows == r0["samples_with_correct_response"]
-    assert all(correct.table["teacher_correct"].to_pylist())
+    ct = correct.table.to_pandas()
+    trained = ct[ct["train_row"]]
+    assert len(trained) == train_resp.groupby("current_root_id")["teacher_correct"].any().sum()
+    assert trained["teacher_correct"].all()
+    # val/test: every sample, the teacher's wrong answers included, its first response in input order
+    kept = ct[~ct["train_row"]]
+    assert len(kept) == held and not kept["teacher_correct"].all()
+    first = resp[resp["split"] != "train"].sort_values("teacher_order").groupby("current_root_id").first()
+    assert first.loc[kept["current_root_id"], "teacher_answer_raw"].tolist() == kept["teacher_answer_raw"].tolist()
     assert correct.report["output_rows"] == correct.table.num_rows
     assert correct.report["splits"] == r0["splits"]  # split before filtering
 
@@ -356,11 +387,14 @@ def test_unmatched_samples_and_filter_matched_only(tmp_path, plain_bench):
     assert res.table.num_rows == r["total_samples"]
     empty = res.table.filter(pa.compute.is_null(res.table["teacher_answer_raw"]))
     assert empty.num_rows == 5
-    for col in TEACHER_COLUMNS[:-1]:
-        assert empty[col].null_count == 5, col
+    for col in TEACHER_COLUMNS:
+        if col not in ("split", "split_group", "train_row"):
+            assert empty[col].null_count == 5, col
     assert empty["split"].null_count == 0
     only = run(tmp_path, [csv], bench_path, "b.parquet", filter_matched_only=True)
-    assert only.table.num_rows == r["total_samples"] - 5
+    # the filter drops train samples without a response; val/test samples always stay
+    unmatched_train = sum(s == "train" for s in empty["split"].to_pylist())
+    assert only.table.num_rows == r["total_samples"] - unmatched_train
 
 
 def test_old_column_spelling(tmp_path):
@@ -408,18 +442,19 @@ def test_split_invariants(tmp_path, small_benchmark):
     splits = report["splits"]
     all_pairs = [tuple(p) for s in ("train", "val", "test") for p in splits[s]]
     assert sorted(all_pairs) == sorted(zip(bench["proofread_root_id"], bench["current_root_id"], strict=True))
-    neuron_split = {}
+    id_split = {}
     for s in splits:
-        for pid, _ in splits[s]:
-            assert neuron_split.setdefault(pid, s) == s  # no neuron in two splits
-    # the test split keeps the samples the teacher never got right
+        for pid, cid in splits[s]:
+            assert id_split.setdefault(pid, s) == s  # no neuron in two splits
+            assert id_split.setdefault(cid, s) == s  # no segment id in two splits
+    # the test split keeps the samples the teacher never got right, in the filtered file too
     test = {tuple(p) for p in splits["test"]}
     ft = full.table.to_pandas()
     wrong = {(p, c) for p, c, ok in zip(ft["proofread_root_id"], ft["current_root_id"],
                                         ft["teacher_correct"], strict=True) if not ok}
     assert wrong & test, "expected some wrong-teacher samples in test"
     kept = set(zip(table["proofread_root_id"].to_pylist(), table["current_root_id"].to_pylist(), strict=True))
-    assert not (wrong & test & kept)
+    assert wrong & test <= kept
     assert report["split_sizes"] == full.report["split_sizes"]
     # the split column agrees with the lists
     for p, c, s in zip(ft["proofread_root_id"], ft["current_root_id"], ft["split"], strict=True):
@@ -549,7 +584,7 @@ def test_prompt_texts_of_an_array():
         repr([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]),
         "not a literal", "[broken", "", None,
     ]
-    got = _prompt_texts(pa.array(cells, pa.string())).to_pylist()
+    got = prompt_texts(pa.array(cells, pa.string()))[0].to_pylist()
     assert got == [prompt_text(c) for c in cells]
     assert got[0] == odd
 

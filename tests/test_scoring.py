@@ -12,45 +12,89 @@ from connectodistill.scoring import (
     classification_metrics,
     ground_truth_letters,
     majority_vote,
+    option_descriptions,
     parse_answer,
     parse_response,
 )
 from connectodistill.task import CLASSES, LETTERS
 
+# The answer rule, as docs/evaluation.md shows it. Teacher side: the CSV's `llm_answer` cell
+# (already the text between the tags); student side: a whole generated response.
+PROMPT_OPTIONS = {"a": "A single soma with its processes", "b": "Several somas, with processes",
+                  "c": "Processes without a soma (axons, dendrites, synapses)", "d": "A nucleus",
+                  "e": "Non-neuronal: glial cells or blood vessels", "f": "None of the above", "g": "Unsure"}
 
-@pytest.mark.parametrize(
-    ("text", "letter"),
-    [
-        ("a", "a"), ("A", "a"), (" b ", "b"), ("c)", "c"), ("(D)", "d"), ("[e]", "e"),
-        ("**f**", "f"), ("g.", "g"), ("'a'", "a"), ("<answer>b</answer>", "b"),
-        ("<answer>\n (C) \n</answer>", "c"), ("\"d\":", "d"), ("`e`", "e"),
-    ],
-)
-def test_parse_answer_letters(text, letter):
+CSV_FORMS = [
+    ("a", "a"), ("A", "a"), (" b ", "b"), ("a)", "a"), ("(b)", "b"), ("(D)", "d"), ("[e]", "e"),
+    ("**d**", "d"), ("`e`", "e"), ("g.", "g"), ("'a'", "a"), ('"d":', "d"),
+    ("c) Processes without a soma...", "c"), ("e. Non-neuronal types", "e"), ("E - non-neuronal", "e"),
+    ("Nucleus", "d"), ("nucleus.", "d"), ("None of the above.", "f"), ("Unsure", "g"),
+    ("a single soma and process(es)", "a"), ("a) A single soma and process(es)", "a"),
+    ("**c) Processes without a soma**", "c"), ("b: multiple somas", "b"),
+    ("", None), ("   ", None), (None, None), (math.nan, None),
+    ("Analysis tags not found in response.", None),  # the placeholder is no answer
+    ("The segment shows a soma", None), ("Based on the images, this appears to be", None),
+    ("a or b", None), ("a, b", None), ("ab", None), ("h", None), ("H)", None), ("1", None),
+    ("a) Nucleus", None),  # a letter followed by another option's text
+    ("d) Processes without a soma", None), ("Answer: a", None), ("this is a soma", None),
+    ("Processes", None),  # not a whole description, no letter
+    ("<answer>b</answer>", None),  # tags are not part of an answer
+]
+
+
+@pytest.mark.parametrize(("text", "letter"), CSV_FORMS)
+def test_parse_answer_csv_forms(text, letter):
     assert parse_answer(text) == letter
 
 
 @pytest.mark.parametrize(
-    "text",
-    ["", "   ", None, math.nan, "a or b", "a, b", "ab", "h", "H)", "this is a soma",
-     "a) A single soma and process(es)", "Answer: a", "The segment shows a soma", "1"],
+    ("text", "letter"),
+    [("D. A nucleus", "d"), ("a) A single soma with its processes", "a"), ("A nucleus", "d"),
+     ("e: Non-neuronal: glial cells", "e"), ("c) Processes without a soma (axons", "c"),
+     ("b) A nucleus", None), ("Several", None)],
 )
-def test_parse_answer_rejects(text):
-    assert parse_answer(text) is None
+def test_parse_answer_prompt_wording(text, letter):
+    """The prompt's own option wording counts as much as the dataset's."""
+    assert parse_answer(text, PROMPT_OPTIONS) == letter
 
 
-def test_parse_response_takes_last_blocks():
-    text = ("<analysis>first</analysis> <answer>b</answer>\n"
-            "<analysis>\n second thought \n</analysis><answer> (C) </answer>")
-    assert parse_response(text) == ("second thought", "c")
+def test_option_descriptions_reads_a_full_list():
+    text = "Pick one:\n" + "\n".join(f"{k}) {v}" for k, v in PROMPT_OPTIONS.items()) + "\n\nAnswer."
+    assert option_descriptions(text) == PROMPT_OPTIONS
+    assert option_descriptions("a) only one option here") == {}
+    assert option_descriptions(None) == {}
 
 
-def test_parse_response_missing_tags():
-    assert parse_response("<analysis>x</analysis> so the answer is a") == ("x", None)
-    assert parse_response("<answer>d</answer>") == (None, "d")
-    assert parse_response("<analysis>x</analysis><answer>a or b</answer>") == ("x", None)
-    assert parse_response("<analysis>cut off mid-sentence <answer>a") == (None, None)
-    assert parse_response(None) == (None, None)
+GENERATED_FORMS = [
+    ("<analysis>x</analysis>\n<answer>a</answer>", ("x", "a")),
+    ("<analysis>\n first \n</analysis><answer>b</answer>\n<analysis>second</analysis><answer>c</answer>",
+     ("first", "b")),  # the first blocks, as the teacher's extraction
+    ("<answer> (C) </answer>", (None, "c")),
+    ("<analysis>x</analysis><answer>**B**</answer>", ("x", "b")),
+    ("<analysis>x</analysis><answer>c) Processes without a soma</answer>", ("x", "c")),
+    ("<analysis>x</analysis> so the answer is a", ("x", None)),  # no answer block
+    ("<analysis>cut off mid-sentence <answer>a", (None, None)),  # truncated blocks
+    ("<analysis>x</analysis><answer>a", ("x", None)),  # answer block never closed
+    ("<ANSWER>c</ANSWER>", (None, None)),  # tags are matched exactly, in lower case
+    ("<Analysis>x</Analysis><answer>d</answer>", (None, "d")),
+    ("<analysis>x</analysis><answer>a or b</answer>", ("x", None)),
+    ("<answer></answer><answer>a</answer>", (None, None)),  # the first block is empty
+    ("</answer><answer>e</answer>", (None, "e")),  # a closing tag before the first opening one
+    ("", (None, None)), (None, (None, None)),
+]
+
+
+@pytest.mark.parametrize(("text", "parsed"), GENERATED_FORMS)
+def test_parse_response_generated_forms(text, parsed):
+    assert parse_response(text) == parsed
+
+
+def test_teacher_and_student_share_one_rule():
+    """A response scored by parse_response gives the letter parse_answer gives to the text the
+    teacher's extraction (first <answer> .. first </answer>) would have stored."""
+    for text, letter in CSV_FORMS:
+        if isinstance(text, str) and "<" not in text:
+            assert parse_response(f"<analysis>z</analysis><answer>{text}</answer>")[1] == letter
 
 
 def test_ground_truth_letters_exact_strings():

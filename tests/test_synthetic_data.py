@@ -50,9 +50,11 @@ CSV_HEADER = [
 
 
 def strict_letter(answer: str) -> str | None:
-    """What a strict parser reads: one letter, optionally bracketed/padded/upper case."""
-    m = re.fullmatch(r"\s*\(?([a-gA-G])\)?\s*", answer)
-    return m.group(1).lower() if m else None
+    """What the project's answer rule reads, with the kit prompt's own option wording."""
+    from connectodistill.scoring import parse_answer
+    from connectodistill.synthetic.benchmark import PROMPT_OPTIONS
+
+    return parse_answer(answer, PROMPT_OPTIONS)
 
 
 def read_csv(path) -> pd.DataFrame:
@@ -298,8 +300,13 @@ def test_prompt_literal_parses_and_carries_the_views(bench, csvs):
         assert base64.b64decode(block["source"]["data"]) == t.column(col)[r].as_py()["bytes"]
     text = blocks[3]["text"]
     assert "\n" in text and "'" in text and "mouse" in text
-    assert row["xmin"] in text and row["zmax"] in text
-    for letter, desc in CLASSES.items():
+    # the box size as the teacher printed it: maxpt - minpt of the CSV's own coordinates
+    from connectodistill.prompts import size_text
+    from connectodistill.synthetic.benchmark import PROMPT_OPTIONS
+
+    size = size_text([float(row[c]) for c in ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")])
+    assert f"measures {size} nm" in text
+    for letter, desc in PROMPT_OPTIONS.items():
         assert f"{letter}) {desc}" in text
     assert "<answer>" in text
 
@@ -308,7 +315,7 @@ def test_prompt_without_description_and_without_images(meta_bench, tmp_path):
     [path] = make_teacher_csvs(
         meta_bench, tmp_path, k=2, seed=1, with_description=False, model="m-1"
     )
-    assert path.name == "m-1_analysis_results_K2.csv"
+    assert path.name == "m-1_analysis_results_K2_without_description.csv"
     df = read_csv(path)
     assert set(df["with_description"]) == {"False"}
     blocks = ast.literal_eval(df["prompt"].iloc[0])
@@ -330,11 +337,16 @@ def test_response_accuracy_defects_and_analysis(meta_bench, tmp_path):
     assert any(re.fullmatch(r"\(?[a-g]\)", a) for a in answers)
     assert "" in answers and any(" or " in a for a in answers)
     assert any(a != a.strip() and a.strip() for a in answers)
+    assert any(re.fullmatch(r"\*\*[a-g]\*\*", a) for a in answers)
+    assert any(re.fullmatch(r"[a-g]\) \w.*\.\.\.", a) for a in answers)  # letter + description start
+    assert any(re.fullmatch(r"[A-G]\. \w.*", a) for a in answers)  # letter + the prompt's wording
+    assert set(CLASSES.values()) & answers  # a description alone
     missing = df["analysis"] == MISSING_ANALYSIS
-    assert 0 < missing.mean() < 0.1
-    assert parsed[missing].isna().all()
+    assert 0 < missing.mean() < 0.12
+    # some lost their analysis tags but kept a valid letter; the rest are unparseable
+    assert 0 < parsed[missing].notna().mean() < 1
     # the analysis describes the letter that was answered, right or wrong
-    ok = parsed.notna()
+    ok = parsed.notna() & ~missing
     assert all(
         a.rsplit(" It spans", 1)[0] in ANALYSIS_PHRASES[p]
         for a, p in zip(df["analysis"][ok], parsed[ok], strict=True)

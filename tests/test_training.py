@@ -16,8 +16,14 @@ from connectodistill.cli import app
 from connectodistill.conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
 from connectodistill.data import read_merged
 from connectodistill.errors import UserError
+from connectodistill.examples import build_examples, load_training_data, pick_rows
 from connectodistill.task import image_columns
-from connectodistill.training import IGNORE_INDEX, DistillCollator, build_examples, pick_rows, train
+from connectodistill.training import IGNORE_INDEX, DistillCollator, train
+
+
+def examples_of(merged, df=None, **kw):
+    data = load_training_data(merged)
+    return build_examples(data.train_df if df is None else df, data, **kw)
 
 runner = CliRunner()
 
@@ -31,10 +37,9 @@ def processor(tiny_student):
 
 @pytest.fixture(scope="module")
 def examples(merged_small):
-    table, report = read_merged(merged_small)
-    df = pick_rows(table.to_pandas(), report["splits"], "train")
-    ex, _ = build_examples(df, target="teacher", fill_missing=False, with_description=True)
-    return ex, image_columns(df.columns)
+    table, _ = read_merged(merged_small)
+    ex, _ = examples_of(merged_small, target="teacher", fill_missing=False)
+    return ex, image_columns(table.column_names)
 
 
 def test_labels_are_exactly_the_answer_and_end_token(processor, examples):
@@ -118,8 +123,8 @@ def test_run_folder_config_and_splits(trained_run, merged_small):
 def test_test_rows_never_reach_training(merged_small):
     table, report = read_merged(merged_small)
     df = table.to_pandas()
-    train_keys = {e.key for e in build_examples(pick_rows(df, report["splits"], "train"), target="teacher",
-                                                fill_missing=True, with_description=True)[0]}
+    train_keys = {e.key for e in examples_of(merged_small, pick_rows(df, report["splits"], "train"),
+                                             target="teacher", fill_missing=True)[0]}
     test_keys = {tuple(p) for p in report["splits"]["test"]}
     assert train_keys and test_keys and not train_keys & test_keys
 
@@ -164,11 +169,14 @@ def test_ground_truth_target_and_fill_missing(merged_small):
     table, report = read_merged(merged_small)
     df = pick_rows(table.to_pandas(), report["splits"], "train").copy()
     df.loc[df.index[:3], "teacher_analysis"] = None
-    ex, skipped = build_examples(df, target="teacher", fill_missing=False, with_description=True)
-    assert skipped == 3 and len(ex) == len(df) - 3
-    ex, skipped = build_examples(df, target="teacher", fill_missing=True, with_description=True)
+    df = df[df["train_row"]]
+    without = int(df["teacher_analysis"].isna().sum())  # the 3, plus draws that lost their tags
+    assert without >= 3
+    ex, skipped = examples_of(merged_small, df, target="teacher", fill_missing=False)
+    assert skipped == without and len(ex) == len(df) - without
+    ex, skipped = examples_of(merged_small, df, target="teacher", fill_missing=True)
     assert skipped == 0 and len(ex) == len(df)
-    gt, _ = build_examples(df, target="ground-truth", fill_missing=False, with_description=True)
+    gt, _ = examples_of(merged_small, df, target="ground-truth", fill_missing=False)
     assert all("<analysis>The segment" in e.target for e in gt)
 
 
