@@ -39,7 +39,7 @@ from .training import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
 
 PREDICTION_COLUMNS = (
     "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
-    "parsed", "correct", "analysis", "response", "in_train", "prompt_source", "prompt_sha256",
+    "parsed", "correct", "analysis", "response", "in_train", "prompt_source", "prompt_sha256", "split_group",
 )
 
 
@@ -256,6 +256,10 @@ def default_name(cfg: EvalConfig, settings: dict, split: str) -> str:
 def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     """Score a student (adapter) or a base model on held-out samples; return the output folder."""
     cfg = resolve(EvalConfig, config, overrides)
+    from .cross_validation import evaluate_cv, is_cv_run
+
+    if is_cv_run(cfg.adapter_path):  # each fold on its own test fold, pooled
+        return evaluate_cv(cfg)
 
     # 1. Settings and samples: the adapter's test ids by default, from the full benchmark.
     settings = _run_settings(cfg)
@@ -263,6 +267,12 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
     bench = load_benchmark(settings["dataset_name"], settings["config_name"], settings["dataset_split"])
     df, split, includes_train = select_samples(bench, settings, cfg)
+    # Leak-proof groups over the whole benchmark (samples sharing either id): intervals
+    # resample whole groups, since a neuron's segments are correlated.
+    from .splits import leak_groups
+
+    groups = leak_groups(bench.column(ID_COLUMNS[0]).to_numpy(), bench.column(ID_COLUMNS[1]).to_numpy())
+    groups = groups[df.index.to_numpy()]
     image_cols = image_columns(df.columns)
     if image_cols is None:
         raise UserError(f"benchmark {settings['dataset_name']} has no image columns; eval needs the views")
@@ -317,7 +327,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     parsed = [parse_response(r, option_descriptions(p)) for r, p in zip(responses, prompts, strict=True)]
     trained = train_keys(settings) if cfg.adapter_path is not None else set()  # flagged per row
     predicted = [letter for _, letter in parsed]
-    metrics = classification_metrics(truth, predicted, seed=cfg.seed)
+    metrics = classification_metrics(truth, predicted, seed=cfg.seed, groups=groups)
     import pandas as pd
 
     preds = pd.DataFrame({
@@ -334,6 +344,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
                      zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)],
         "prompt_source": [p.source for p in chosen],
         "prompt_sha256": [p.sha256 for p in chosen],
+        "split_group": groups,
     })
     counts = pd.Series(truth).value_counts()
     summary = {
@@ -344,6 +355,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "includes_train_samples": includes_train,
         "prompt_source_counts": preds["prompt_source"].value_counts().to_dict(),
         "distinct_prompts": int(preds["prompt_sha256"].nunique()),
+        "interval_method": "percentile bootstrap over leak-proof groups (samples sharing an id)",
         "model": settings["base_model"],
         "adapter": str(cfg.adapter_path) if cfg.adapter_path else None,
         "settings": {

@@ -87,8 +87,12 @@ def _is_true(value) -> bool:
 
 
 def load_training_data(merged_path: Path, *, prompt: str = "teacher", with_description: bool | None = None,
-                       allow_mixed_prompts: bool = False) -> TrainingData:
-    """Read merge's parquet (and its responses file), pick train/val rows, decide the prompts."""
+                       allow_mixed_prompts: bool = False, fold: int | None = None) -> TrainingData:
+    """Read merge's parquet (and its responses file), pick train/val rows, decide the prompts.
+
+    ``fold``: train on cross-validation fold ``fold`` of a ``merge --folds K`` file (its own
+    train/val/test lists); None: the file's default split lists.
+    """
     import pandas as pd
 
     from .data import read_merged
@@ -110,6 +114,13 @@ def load_training_data(merged_path: Path, *, prompt: str = "teacher", with_descr
     splits = report.get("splits")
     if not splits:
         raise UserError(f"{merged_path}: no split lists in the parquet metadata; re-run merge")
+    if fold is not None:
+        folds = report.get("fold_splits") or []
+        if not folds:
+            raise UserError(f"{merged_path} has no cross-validation folds; re-run merge with --folds K")
+        if not 0 <= fold < len(folds):
+            raise UserError(f"--fold {fold} is out of range: {merged_path} has folds 0..{len(folds) - 1}")
+        splits = folds[fold]
 
     train_df = pick_rows(df, splits, "train")
     if "train_row" in train_df:  # merge marks the rows its filters kept for training

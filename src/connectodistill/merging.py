@@ -43,7 +43,7 @@ from .matching import (
     vote,
 )
 from .prompts import recover_templates, setting_name, size_text
-from .splits import assign_splits
+from .splits import assign_folds, assign_splits
 from .task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, MISSING_ANALYSIS, SPLITS, image_columns
 from .teacher_csv import Teacher, as_numpy, memory_pool, prompt_texts, read_teacher_csvs
 
@@ -120,21 +120,27 @@ def merge(
     votes = vote(bench, teacher)
     clock("score")
 
-    # Splits over all samples and whole leak-proof groups, before any filtering.
-    split = assign_splits(
-        bench.group, np.asarray(LETTERS)[bench.truth],
-        test_size=cfg.test_size, val_size=cfg.val_size, seed=cfg.seed,
-    )
+    # Splits over all samples and whole leak-proof groups, before any filtering. With K folds
+    # every sample is tested by one fold and may train the others, so all are trainable.
+    labels = np.asarray(LETTERS)[bench.truth]
+    fold, fold_splits = None, None
+    if cfg.folds:
+        fold, fold_splits = assign_folds(bench.group, labels, folds=cfg.folds, val_size=cfg.val_size, seed=cfg.seed)
+        split = fold_splits[0]  # the default split lists: fold 0's
+        trainable = np.ones(bench.n, dtype=bool)
+    else:
+        split = assign_splits(bench.group, labels, test_size=cfg.test_size, val_size=cfg.val_size, seed=cfg.seed)
+        trainable = split == "train"
     clock("split")
 
     # The teacher's prompt as a template per (species, setting), kept only if exact.
     templates = teacher_templates(bench, teacher, prompts)
 
     # Train rows: filtered; val/test samples: one row each, never filtered.
-    rows, resp, train_row = select_rows(bench, teacher, cfg, trainable=split == "train")
-    table = build_table(bench, teacher, votes, prompts, split, rows, resp, train_row)
-    responses = build_responses(bench, teacher, prompts, split)
-    report = build_report(cfg, bench, teacher, votes, prompts, templates, split, table)
+    rows, resp, train_row = select_rows(bench, teacher, cfg, trainable=trainable)
+    table = build_table(bench, teacher, votes, prompts, split, rows, resp, train_row, fold)
+    responses = build_responses(bench, teacher, prompts, split, fold)
+    report = build_report(cfg, bench, teacher, votes, prompts, templates, split, table, fold_splits)
     clock("build")
 
     write_outputs(outputs, table, responses, report)
@@ -313,9 +319,12 @@ def select_rows(bench: Benchmark, teacher: Teacher, cfg: MergeConfig,
         keep &= (resp >= 0) & teacher.correct[np.maximum(resp, 0)]
     rows, resp = rows[keep], resp[keep]
 
-    # one unfiltered row per val/test sample: its first response in input order
+    # one unfiltered row per val/test sample: its first response in input order. With folds
+    # (every sample trainable) a sample the filters emptied still needs its row for testing.
     by_order = use[np.lexsort((order, seg))]
-    held = np.flatnonzero(~trainable)
+    has_row = np.zeros(bench.n, dtype=bool)
+    has_row[rows] = True
+    held = np.flatnonzero(~trainable | (trainable.all() & ~has_row))
     first = np.full(len(held), -1, dtype=np.int64)
     has = available[held] > 0
     first[has] = by_order[start[bench.segment[held[has]]]]
@@ -328,7 +337,7 @@ def select_rows(bench: Benchmark, teacher: Teacher, cfg: MergeConfig,
 
 
 def build_table(bench: Benchmark, teacher: Teacher, votes: Votes, prompts: Prompts, split: np.ndarray,
-                rows: np.ndarray, resp: np.ndarray, train_row: np.ndarray) -> pa.Table:
+                rows: np.ndarray, resp: np.ndarray, train_row: np.ndarray, fold: np.ndarray | None = None) -> pa.Table:
     """Benchmark columns byte-identical (``take``), then the teacher columns, ``split`` etc."""
     out = bench.table.take(pa.array(rows, pa.int64()))
     t = teacher.table
@@ -360,10 +369,13 @@ def build_table(bench: Benchmark, teacher: Teacher, votes: Votes, prompts: Promp
     for name in TEACHER_COLUMNS:
         col = columns[name]
         out = out.append_column(name, col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col)
+    if fold is not None:  # the fold that tests this sample
+        out = out.append_column("fold", pa.array(fold[rows]))
     return out
 
 
-def build_responses(bench: Benchmark, teacher: Teacher, prompts: Prompts, split: np.ndarray) -> pa.Table:
+def build_responses(bench: Benchmark, teacher: Teacher, prompts: Prompts, split: np.ndarray,
+                    fold: np.ndarray | None = None) -> pa.Table:
     """Every matched response once (in-file repeats dropped), in input order, unfiltered,
     with the prompt it answered."""
     use = np.flatnonzero(teacher.keep & (teacher.segment >= 0))
@@ -373,6 +385,7 @@ def build_responses(bench: Benchmark, teacher: Teacher, prompts: Prompts, split:
     letters = np.array([*LETTERS, None], dtype=object)
     no_analysis = as_numpy(pc.match_substring_regex(t["analysis"].take(idx), _NO_ANALYSIS), bool)
     prompt, layout = prompts.take(use)
+    extra = {"fold": pa.array(fold[seg])} if fold is not None else {}
     return pa.table({
         "proofread_root_id": pa.array(bench.prid[seg]),
         "current_root_id": pa.array(bench.crid[seg]),
@@ -392,6 +405,7 @@ def build_responses(bench: Benchmark, teacher: Teacher, prompts: Prompts, split:
         "teacher_with_description": t["with_description"].take(idx),
         "teacher_prompt": prompt,
         "teacher_prompt_layout": layout,
+        **extra,
     })
 
 
@@ -401,7 +415,8 @@ def build_responses(bench: Benchmark, teacher: Teacher, prompts: Prompts, split:
 
 
 def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Votes, prompts: Prompts,
-                 templates: dict[str, dict], split: np.ndarray, table: pa.Table) -> dict:
+                 templates: dict[str, dict], split: np.ndarray, table: pa.Table,
+                 fold_splits: list[np.ndarray] | None = None) -> dict:
     """The metadata JSON (also stored in the parquet schema). Ids are plain ints."""
     output_rows = table.num_rows
     matched_resp = teacher.keep & (teacher.segment >= 0)
@@ -422,9 +437,11 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
             "responses": int((resp_truth == k).sum()),
             "correct": int(resp_right[resp_truth == k].sum()),
         }
-    splits = {
-        s: np.column_stack([bench.prid[split == s], bench.crid[split == s]]).tolist() for s in SPLITS
-    }
+    def lists(sp):
+        return {s: np.column_stack([bench.prid[sp == s], bench.crid[sp == s]]).tolist() for s in SPLITS}
+
+    splits = lists(split)
+    folds = [lists(sp) for sp in fold_splits] if fold_splits is not None else None
     unmatched_examples = []
     if unmatched_resp.any():
         t = teacher.table
@@ -496,6 +513,9 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
         "split_groups": int(len(group_sizes)),
         "largest_split_group": int(group_sizes.max()) if len(group_sizes) else 0,
         "split_group_rule": "connected components over both ids (samples sharing either id)",
+        "folds": cfg.folds,
+        # per fold: train/val/test id lists (fold i tests on its own samples); "splits" is fold 0's
+        "fold_splits": folds,
         "splits": splits,
     }
 

@@ -202,23 +202,20 @@ def _balanced(correct_per_class: np.ndarray, support: np.ndarray) -> np.ndarray:
     return np.where(present, recall, 0.0).sum(-1) / np.maximum(present.sum(-1), 1)
 
 
-def _bootstrap(t: np.ndarray, correct: np.ndarray, n_bootstrap: int, seed: int) -> dict:
-    """Percentile 95% intervals of accuracy and balanced accuracy over resampled rows."""
-    n, k = len(t), len(LETTERS)
-    rng = np.random.default_rng(seed)
-    acc = np.empty(n_bootstrap)
-    bal = np.empty(n_bootstrap)
-    chunk = max(1, 4_000_000 // n)  # bounded memory: chunk * n indices at a time
-    for start in range(0, n_bootstrap, chunk):
-        b = min(chunk, n_bootstrap - start)
-        idx = rng.integers(0, n, size=(b, n))
-        c = correct[idx]
-        acc[start:start + b] = c.mean(1)
-        # per-resample class counts in one bincount: offset each resample's codes by k
-        flat = (t[idx] + k * np.arange(b)[:, None]).ravel()
-        support = np.bincount(flat, minlength=b * k).reshape(b, k)
-        hits = np.bincount(flat, weights=c.ravel(), minlength=b * k).reshape(b, k)
-        bal[start:start + b] = _balanced(hits, support)
+def _bootstrap(t: np.ndarray, correct: np.ndarray, n_bootstrap: int, seed: int, groups=None) -> dict:
+    """Percentile 95% intervals of accuracy and balanced accuracy, resampling whole groups
+    (``statistics.group_weights``; without groups every sample is its own group)."""
+    from .statistics import group_index, group_weights
+
+    k = len(LETTERS)
+    onehot = np.eye(k)[t]  # (n, k)
+    acc, bal = [], []
+    for w in group_weights(group_index(groups, len(t)), n_bootstrap, seed):
+        acc.append((w @ correct) / w.sum(1))
+        support = w @ onehot
+        hits = w @ (onehot * correct[:, None])
+        bal.append(_balanced(hits, support))
+    acc, bal = np.concatenate(acc), np.concatenate(bal)
     return {
         "accuracy_ci": [float(np.percentile(acc, 2.5)), float(np.percentile(acc, 97.5))],
         "balanced_accuracy_ci": [float(np.percentile(bal, 2.5)), float(np.percentile(bal, 97.5))],
@@ -231,6 +228,7 @@ def classification_metrics(
     *,
     n_bootstrap: int = 1000,
     seed: int = 0,
+    groups: Sequence | None = None,
 ) -> dict:
     """Metrics of letter predictions against ground-truth letters (JSON-ready dict).
 
@@ -239,8 +237,9 @@ def classification_metrics(
     ``per_class`` ({letter: {precision, recall, f1, support}} for all seven letters),
     ``confusion`` ({"rows": letters (true), "columns": letters + ["unparsed"] (predicted),
     "matrix": counts}), ``accuracy_ci`` and ``balanced_accuracy_ci`` (percentile 95%
-    bootstrap intervals over ``n_bootstrap`` resamples of the rows, seeded; None when
-    ``n_bootstrap`` is 0 or there are no rows). With no rows the rates are None.
+    bootstrap intervals over ``n_bootstrap`` resamples, seeded, of whole ``groups`` when
+    given, e.g. the leak-proof split groups, else of rows; None when ``n_bootstrap`` is 0 or
+    there are no rows). With no rows the rates are None.
     """
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
@@ -278,5 +277,5 @@ def classification_metrics(
         "balanced_accuracy_ci": None,
     }
     if n_bootstrap > 0:
-        out.update(_bootstrap(t, correct, n_bootstrap, seed))
+        out.update(_bootstrap(t, correct, n_bootstrap, seed, groups))
     return out

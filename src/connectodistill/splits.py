@@ -32,7 +32,7 @@ import numpy as np
 from .errors import UserError
 from .task import SPLITS
 
-__all__ = ["assign_splits", "leak_groups"]
+__all__ = ["assign_folds", "assign_splits", "leak_groups"]
 
 
 def leak_groups(proofread_ids, current_ids) -> np.ndarray:
@@ -142,3 +142,68 @@ def assign_splits(
             group_split[candidates[-1]] = s
 
     return np.asarray(SPLITS, dtype="<U5")[group_split[g_inv]]
+
+
+def assign_folds(
+    groups: Sequence | np.ndarray,
+    labels: Sequence | np.ndarray,
+    *,
+    folds: int,
+    val_size: float = 0.1,
+    seed: int = 42,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(fold number per sample, per fold a ``train``/``val``/``test`` array) for K-fold CV.
+
+    Each group goes to one of ``folds`` test folds, labels spread evenly as far as groups
+    allow (the same greedy balance as ``assign_splits``, with K equal shares). Fold ``i``
+    tests on its own samples; inside the other folds a ``val_size`` share of *all* samples
+    (whole groups, stratified) is set aside for checkpoint choice, the rest is train. Every
+    sample is tested exactly once over the K folds.
+    """
+    groups = np.asarray(groups)
+    labels = np.asarray(labels)
+    if folds < 2:
+        raise UserError(f"--folds must be at least 2, got {folds}")
+    n_groups = len(np.unique(groups))
+    if n_groups < folds:
+        raise UserError(f"too few groups for {folds} folds: {n_groups} leak-proof groups (samples sharing an id); "
+                        "lower --folds")
+    fold = _balanced_assignment(groups, labels, np.full(folds, 1.0 / folds), seed)
+    per_fold = []
+    for i in range(folds):
+        split = np.full(len(groups), "test", dtype="<U5")
+        rest = fold != i
+        share = val_size / max(1e-9, rest.mean())  # val is a share of all samples, taken from the rest
+        if share >= 1.0:
+            raise UserError(f"--val-size {val_size} leaves no training samples with {folds} folds; lower it")
+        split[rest] = assign_splits(groups[rest], labels[rest], test_size=0.0, val_size=share, seed=seed + i)
+        per_fold.append(split)
+    return fold, per_fold
+
+
+def _balanced_assignment(groups: np.ndarray, labels: np.ndarray, shares: np.ndarray, seed: int) -> np.ndarray:
+    """A bin number per sample: whole groups, largest first, each to the bin where it most
+    reduces the squared gap between per-label counts and their targets (shares x label totals)."""
+    _, g_inv = np.unique(groups, return_inverse=True)
+    g_inv = g_inv.reshape(-1)
+    _, l_inv = np.unique(labels, return_inverse=True)
+    l_inv = l_inv.reshape(-1)
+    n_groups, n_labels, k = int(g_inv.max()) + 1, int(l_inv.max()) + 1, len(shares)
+    counts = np.zeros((n_groups, n_labels))
+    np.add.at(counts, (g_inv, l_inv), 1)
+    gap = -np.outer(shares, counts.sum(0))  # (bins, labels)
+    size = counts.sum(1)
+    order = np.lexsort((np.random.default_rng(seed).random(n_groups), -size))
+    out = np.empty(n_groups, dtype=np.int64)
+    for g in order:
+        x = counts[g]
+        cost = (x * (2 * gap + x)).sum(1)
+        b = int(np.argmin(cost))
+        out[g] = b
+        gap[b] += x
+    for b in range(k):  # no empty fold on tiny data: take the smallest group of the largest bin
+        if not (out == b).any():
+            donor = int(np.argmax(np.bincount(out, minlength=k)))
+            cand = order[out[order] == donor]
+            out[cand[-1]] = b
+    return out[g_inv]

@@ -190,6 +190,10 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     to commit checkpoints to its volume).
     """
     cfg = resolve(TrainConfig, config, overrides)
+    if cfg.folds:  # one student per cross-validation fold, each a run like this one
+        from .cross_validation import train_cv
+
+        return train_cv(cfg, callbacks=callbacks)
     t_start = time.time()
 
     # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,
@@ -199,7 +203,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
 
     merged_path = Path(cfg.augmented_dataset)
     data = load_training_data(merged_path, prompt=cfg.prompt, with_description=cfg.with_description,
-                              allow_mixed_prompts=cfg.allow_mixed_prompts)
+                              allow_mixed_prompts=cfg.allow_mixed_prompts, fold=cfg.fold)
     df, splits, image_cols, merge_report = data.df, data.splits, data.image_cols, data.report
     train_df = data.train_df
     train_ex, skipped = build_examples(train_df, data, target=cfg.target, fill_missing=cfg.fill_missing)
@@ -335,6 +339,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
             "global_step": trainer.state.global_step,
             "resumed_from": resume_from,
             "train_seconds": round(train_seconds, 2),
+            "fold": cfg.fold,
             "splits": splits,
             "library_versions": library_versions(),
         }
