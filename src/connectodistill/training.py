@@ -8,29 +8,33 @@ exact prompt, template and pixel budget.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import re
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, resolve
-from .conversation import PROMPT_TEMPLATE_ID, build_messages, load_images, prompt_template_hash
+from .conversation import build_messages, load_images
 from .errors import UserError
 from .examples import (
     Example,
     build_examples,
     load_training_data,
     source_counts,
-    write_sample_prompts,
 )
+from .runs import (  # noqa: F401 - the run-folder names and helpers, importable from here too
+    PROMPT_TEMPLATES,
+    RUN_CONFIG,
+    SAMPLE_PROMPTS,
+    _safe,
+    _teacher_tag,
+    find_resume_dir,
+    last_checkpoint,
+    library_versions,
+    run_folder_name,
+)
+from .runs import shared_run_dir as _shared_run_dir  # noqa: F401
 
-RUN_CONFIG = "training_config.json"
-SAMPLE_PROMPTS = "prompts.parquet"  # every sample's prompt, as training chose it
-PROMPT_TEMPLATES = "prompt_templates.json"
 IGNORE_INDEX = -100
 
 
@@ -109,79 +113,6 @@ class DistillCollator:
         return batch
 
 
-# ----------------------------------------------------------------------------- run folder
-def run_folder_name(cfg: TrainConfig, teacher_models: list[str], n_train: int) -> str:
-    """Like the original scripts: model, run name, teacher tag, timestamp, samples, epochs, lr, rank."""
-    model_short = Path(cfg.model.rstrip("/")).name
-    teacher = "gt" if cfg.target == "ground-truth" else _teacher_tag(teacher_models)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
-    samples = cfg.num_samples if cfg.num_samples else "all"
-    parts = [model_short, cfg.run_name, teacher, stamp, f"samples{samples}",
-             f"epochs{cfg.epochs:g}", f"lr{cfg.learning_rate:g}", f"r{cfg.lora_r}"]
-    return "_".join(_safe(p) for p in parts if p)
-
-
-def _safe(part) -> str:
-    return re.sub(r"[^\w.-]+", "-", str(part))
-
-
-def _teacher_tag(models: list[str]) -> str:
-    names = {m.lower() for m in models if m}
-    if names and all("claude" in m for m in names):
-        return "claude"
-    return names.pop().split("-")[0] if len(names) == 1 else "teacher"
-
-
-def find_resume_dir(cfg: TrainConfig) -> Path:
-    """The run folder to continue: ``run_dir`` if given, else the newest matching one."""
-    if cfg.run_dir is not None:
-        return Path(cfg.run_dir)
-    runs = sorted(
-        (p for p in Path(cfg.output_dir).glob("*") if (p / "checkpoints").is_dir()
-         and (cfg.run_name is None or f"_{_safe(cfg.run_name)}_" in p.name)),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not runs:
-        raise UserError(
-            f"--resume: no run folder with checkpoints under {cfg.output_dir}"
-            + (f" named *_{cfg.run_name}_*" if cfg.run_name else "")
-            + "; pass --run-dir or train without --resume"
-        )
-    return runs[-1]
-
-
-def last_checkpoint(run_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    ckpts = run_dir / "checkpoints"
-    return get_last_checkpoint(str(ckpts)) if ckpts.is_dir() else None
-
-
-def library_versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("connectodistill", "torch", "transformers", "peft", "accelerate", "datasets"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
-def _shared_run_dir(local: Path) -> Path:
-    """Under several processes (accelerate), every rank must use rank 0's folder name."""
-    from accelerate import PartialState
-    from accelerate.utils import broadcast_object_list
-
-    state = PartialState()
-    if state.num_processes == 1:
-        return local
-    box = [str(local)]
-    broadcast_object_list(box, from_process=0)
-    return Path(box[0])
-
-
 # ----------------------------------------------------------------------------- the recipe
 def train(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
     """Fine-tune the student with LoRA; return the run folder (adapter + training_config.json).
@@ -190,6 +121,17 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     to commit checkpoints to its volume).
     """
     cfg = resolve(TrainConfig, config, overrides)
+    if cfg.sweep:  # a grid of settings, chosen on val
+        from .sweeps import train_sweep
+
+        return train_sweep(cfg, callbacks=callbacks)
+    if cfg.method != "sft":  # the sibling recipes continue an SFT run (--from): dpo.py, grpo.py
+        from .dpo import train_dpo
+        from .grpo import train_grpo
+
+        return {"dpo": train_dpo, "grpo": train_grpo}[cfg.method](cfg, callbacks=callbacks)
+    if cfg.from_run is not None:
+        raise UserError("--from continues a run with --method dpo or grpo; SFT starts from --model")
     if cfg.folds:  # one student per cross-validation fold, each a run like this one
         from .cross_validation import train_cv
 
@@ -199,12 +141,10 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,
     #    which may be filtered. Test rows are never read into the training set. Every example
     #    gets the teacher's own prompt (prompts.py: the rule and the fallbacks).
-    from .data import sha256_file
-
     merged_path = Path(cfg.augmented_dataset)
     data = load_training_data(merged_path, prompt=cfg.prompt, with_description=cfg.with_description,
                               allow_mixed_prompts=cfg.allow_mixed_prompts, fold=cfg.fold)
-    df, splits, image_cols, merge_report = data.df, data.splits, data.image_cols, data.report
+    df, splits, image_cols = data.df, data.splits, data.image_cols
     train_df = data.train_df
     train_ex, skipped = build_examples(train_df, data, target=cfg.target, fill_missing=cfg.fill_missing)
     # Validation scores every val sample once, whatever the teacher said about it.
@@ -222,10 +162,13 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
 
     # 2. Student: processor with the pixel budget, base model, LoRA on the language model.
     import torch
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments, set_seed
 
     from .modeling import add_lora, load_model, load_processor
 
+    # Seed before LoRA is created: torch's start-up seed is random per process, and the
+    # Trainer only seeds later, so unseeded adapters made identical runs differ by points.
+    set_seed(cfg.seed)
     processor, budget = load_processor(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     model = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit)
     cuda = torch.cuda.is_available()
@@ -239,17 +182,10 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
         collator.encode(ex)
 
     # 3. Run folder (fixed when resuming) and the Trainer.
-    teacher_models = sorted({m for m in df.get("teacher_model", []) if isinstance(m, str)})
-    if cfg.resume:
-        run_dir = find_resume_dir(cfg)
-    elif cfg.run_dir is not None:
-        run_dir = Path(cfg.run_dir)
-    else:
-        run_dir = Path(cfg.output_dir) / run_folder_name(cfg, teacher_models, len(train_ex))
-    run_dir = _shared_run_dir(run_dir)
-    resume_from = last_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        raise UserError(f"--resume: {run_dir} has no checkpoint to continue from")
+    from . import runs
+
+    teacher_models = runs.teacher_models_of(df)
+    run_dir, resume_from = runs.choose_run_dir(cfg, run_folder_name(cfg, teacher_models, len(train_ex)))
 
     has_val = bool(val_ex) and cfg.select_by != "last"
     if cfg.select_by != "last" and not val_ex:
@@ -300,58 +236,18 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
 
     # 4. Save: plain peft adapter, the processor (chat template + pixel budget), the settings.
     if trainer.is_world_process_zero():
-        model.save_pretrained(run_dir)
-        processor.save_pretrained(run_dir)
-        history = trainer.state.log_history
-        (run_dir / "loss_history.json").write_text(json.dumps(history, indent=1))
-        write_sample_prompts(data, run_dir / SAMPLE_PROMPTS)
-        (run_dir / PROMPT_TEMPLATES).write_text(json.dumps(data.templates, indent=1))
-        run_config = {
-            "settings": cfg.model_dump(mode="json"),
-            "base_model": cfg.model,
-            "model_kind": _kind(model),
-            "merged_file": str(merged_path),
-            "merged_sha256": sha256_file(merged_path),
-            "dataset_name": merge_report.get("dataset_name"),
-            "config_name": merge_report.get("config_name"),
-            "dataset_split": merge_report.get("dataset_split"),
-            "teacher_models": teacher_models,
-            "rows": {"train_examples": len(train_ex), "val_examples": len(val_ex),
-                     "skipped_without_analysis": skipped, "train_split_rows": len(train_df)},
-            # What the student was asked: the teacher's prompt (or the builtin one), per row.
-            "prompt_source": cfg.prompt,
-            "prompt_setting": data.setting,
-            "prompt_setting_counts": data.setting_counts,
-            "allow_mixed_prompts": cfg.allow_mixed_prompts,
-            "prompt_sources": {"train_examples": source_counts(train_ex), "val_examples": source_counts(val_ex),
-                               "samples": source_counts(list(data.sample_prompts.values()))},
-            "rows_other_prompt_setting": data.dropped_other_setting,
-            "prompt_template_id": PROMPT_TEMPLATE_ID,
-            "prompt_template_hash": prompt_template_hash(),
-            "with_description": data.setting != "without_description",
-            "chat_template_sha256": hashlib.sha256((processor.chat_template or "").encode()).hexdigest(),
-            "pixel_budget": budget,
-            "image_columns": list(image_cols),
-            # What really chose the kept weights: without val rows there is nothing to select on.
-            "select_by": cfg.select_by if has_val else "last",
-            "best_checkpoint": trainer.state.best_model_checkpoint,
-            "best_metric": trainer.state.best_metric,
-            "global_step": trainer.state.global_step,
-            "resumed_from": resume_from,
-            "train_seconds": round(train_seconds, 2),
-            "fold": cfg.fold,
-            "splits": splits,
-            "library_versions": library_versions(),
-        }
-        (run_dir / RUN_CONFIG).write_text(json.dumps(run_config, indent=1))
+        config = runs.run_config(
+            cfg, method="sft", data=data, processor=processor, model=model, budget=budget,
+            merged_path=merged_path, teacher_models=teacher_models, base_model=cfg.model,
+            rows={"train_examples": len(train_ex), "val_examples": len(val_ex),
+                  "skipped_without_analysis": skipped, "train_split_rows": len(train_df)},
+            prompt_sources={"train_examples": source_counts(train_ex), "val_examples": source_counts(val_ex)},
+            trainer=trainer, select_by=cfg.select_by if has_val else "last", resume_from=resume_from,
+            train_seconds=train_seconds, fold=cfg.fold,
+        )
+        runs.save_run(run_dir, model=model, processor=processor, data=data, trainer=trainer, config=config)
         _print_summary(run_dir, result, trainer, len(train_ex), train_seconds, time.time() - t_start)
     return run_dir
-
-
-def _kind(model) -> str:
-    from .modeling import model_kind
-
-    return model_kind(model)
 
 
 def _print_summary(run_dir, result, trainer, n_train, train_seconds, total_seconds) -> None:
@@ -383,22 +279,13 @@ def _make_trainer_class():
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             if self._val_accuracy is not None and self.eval_dataset:
-                from .generation import generate_answers
-                from .scoring import option_descriptions, parse_response
+                from .runs import val_accuracy
 
                 processor, max_new_tokens = self._val_accuracy
-                examples = self.eval_dataset
                 # Short budget, stop at the answer tag: val scoring stays affordable per epoch.
-                responses = generate_answers(
-                    self.model, processor, [ex.prompt for ex in examples],
-                    [load_images(ex.row, self.data_collator.image_cols) for ex in examples],
-                    layouts=[ex.layout for ex in examples], stop_at_answer=True,
-                    batch_size=self.args.per_device_eval_batch_size, max_new_tokens=max_new_tokens,
-                )
-                truth = [re.search(r"<answer>(.)</answer>", ex.target).group(1) for ex in examples]
-                hits = [parse_response(r, option_descriptions(ex.prompt))[1] == t
-                        for r, t, ex in zip(responses, truth, examples, strict=True)]
-                metrics[f"{metric_key_prefix}_val_accuracy"] = sum(hits) / len(hits)
+                metrics[f"{metric_key_prefix}_val_accuracy"] = val_accuracy(
+                    self.model, processor, self.eval_dataset, self.data_collator.image_cols,
+                    batch_size=self.args.per_device_eval_batch_size, max_new_tokens=max_new_tokens)
                 self.log({f"{metric_key_prefix}_val_accuracy": metrics[f"{metric_key_prefix}_val_accuracy"]})
             return metrics
 
