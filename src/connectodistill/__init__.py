@@ -19,6 +19,7 @@ _VERBS = {
     "evaluate": "evaluation",
     "report": "reporting",
     "demo": "demo",
+    "export": "exporting",
 }
 
 __all__ = ["__version__", *_VERBS]
