@@ -39,6 +39,10 @@ app = typer.Typer(
 CONFIG_HELP = "YAML/JSON file of options (names as the flags, with _ or -); flags given here win."
 REMOTE_HELP = "Run on a Modal GPU instead of this machine (needs `modal setup`)."
 GPU_HELP = "Modal GPU: H100, A100-80GB, A100-40GB, L40S, A10G, ... with :N for several (H100:2)."
+EVAL_GPU_HELP = GPU_HELP[:-1] + "; default: one GPU of the training type (remote: gpu)."
+DETACH_HELP = ("With --remote: start and return. The job runs detached on Modal either way; "
+               "`connectodistill fetch` shows it, follows it, downloads it.")
+REMOTE_FLAGS = ("gpu", "timeout", "detach", "eval_gpu", "eval_timeout", "max_parallel", "yes")  # -> RemoteConfig
 
 
 def _version(value: bool) -> None:
@@ -73,7 +77,7 @@ def _configs(cls: type, config_file: Path | None, flags: dict[str, Any]):
     """(command config, remote config) from defaults < file < flags."""
     values = load_config_file(config_file)
     remote_values = {str(k).replace("-", "_"): v for k, v in (values.pop("remote", None) or {}).items()}
-    remote_flags = {k: flags.pop(k) for k in ("gpu", "timeout", "detach") if k in flags}
+    remote_flags = {k: flags.pop(k) for k in REMOTE_FLAGS if k in flags}
     cfg = build_config(cls, values, flags)
     remote = build_config(RemoteConfig, remote_values, remote_flags)
     return cfg, remote
@@ -108,6 +112,9 @@ def merge(
     ),
     test_size: float = typer.Option(None, help="Share of neurons held out for test.  [default: 0.1]"),
     val_size: float = typer.Option(None, help="Share of neurons held out for validation.  [default: 0.1]"),
+    folds: int = typer.Option(
+        None, help="K-fold cross-validation: every sample tested by one of K folds (K >= 2); see `train --folds`."
+    ),
     seed: int = typer.Option(None, help="Seed of the train/val/test assignment.  [default: 42]"),
     force: bool = typer.Option(None, "--force", help="Overwrite existing outputs."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
@@ -124,7 +131,7 @@ def merge(
         flags["csv_files"] = files
 
     def go():
-        from .matching import merge as merge_fn
+        from .merging import merge as merge_fn
 
         cfg, _ = _configs(MergeConfig, config, flags)
         if not cfg.csv_files:
@@ -161,18 +168,58 @@ def train(
     fill_missing: bool = typer.Option(
         None, "--fill-missing", help="Rows without a teacher analysis get a templated rationale."
     ),
+    prompt: str = typer.Option(
+        None, help="Whose prompt: teacher (the stored text each response answered) or builtin.  [default: teacher]"
+    ),
     with_description: bool = typer.Option(
         None, "--with-description/--without-description",
-        help="Species guidance in the prompt.  [default: as the teacher had it]",
+        help="Prompt setting: the teacher's prompts with (without) species guidance.  [default: the train rows' own; a mix is refused]",
+    ),
+    allow_mixed_prompts: bool = typer.Option(
+        None, "--allow-mixed-prompts", help="Train rows of both prompt settings, each on its own prompt."
     ),
     select_by: str = typer.Option(None, help="Kept checkpoint: val_loss, val_accuracy or last.  [default: val_loss]"),
     use_wandb: bool = typer.Option(None, "--use-wandb", help="Log to Weights & Biases (honours WANDB_MODE)."),
     resume: bool = typer.Option(None, "--resume", help="Continue the named run from its last checkpoint."),
+    folds: bool = typer.Option(
+        None, "--folds", help="Cross-validation: one student per fold of a `merge --folds K` file (reruns skip finished folds)."
+    ),
+    fold: int = typer.Option(None, help="With --folds: train only this fold of the cross-validation run."),
+    sweep: list[str] = typer.Option(
+        None, help="NAME=V1,V2: train the grid (repeat for more axes), choose on val; e.g. learning_rate=1e-4,2e-4."
+    ),
+    method: str = typer.Option(
+        None, help="sft (LoRA on the teacher's rationales), or dpo / grpo continuing the SFT run --from.  [default: sft]"
+    ),
+    from_run: Path = typer.Option(
+        None, "--from", help="dpo/grpo: the run folder whose student to continue (its model, prompts, splits, pixels)."
+    ),
+    pairs_per_sample: int = typer.Option(None, help="dpo: distinct (right, wrong) teacher pairs per sample.  [default: 4]"),
+    on_policy: int = typer.Option(
+        None, help="dpo: sample K answers per train sample from the SFT student; its wrong ones are rejected too.  [default: 0]"
+    ),
+    rpo_alpha: float = typer.Option(None, help="dpo: weight of the NLL term on the chosen responses (RPO).  [default: off]"),
+    dpo_beta: float = typer.Option(None, help="dpo: beta, how far the student may move from the SFT one.  [default: 0.1]"),
+    num_generations: int = typer.Option(None, help="grpo: completions per prompt (group size).  [default: 8]"),
+    temperature: float = typer.Option(None, help="grpo and dpo --on-policy: sampling temperature.  [default: 0.5]"),
+    kl_beta: float = typer.Option(None, help="grpo: KL weight to the SFT student (0: no reference pass).  [default: 0]"),
+    max_completion_length: int = typer.Option(
+        None, help="grpo and dpo --on-policy: tokens per sampled completion.  [default: 512; 16 with --answer-only]"
+    ),
+    answer_only: bool = typer.Option(
+        None, "--answer-only", help="grpo: no thinking: an empty analysis is prefilled, the letter alone is rewarded."
+    ),
+    format_reward: float = typer.Option(None, help="grpo: reward for a well-formed analysis + answer.  [default: 0.1]"),
+    balance_classes: bool = typer.Option(
+        None, "--balance-classes", help="grpo: draw every class's samples equally often (rare classes repeated)."
+    ),
     seed: int = typer.Option(None, help="Seed.  [default: 42]"),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=GPU_HELP),
-    timeout: int = typer.Option(None, help="Seconds before Modal stops the remote call."),
-    detach: bool = typer.Option(None, "--detach", help="With --remote: start and return; fetch later."),
+    timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 14400, 4 h)."),
+    detach: bool = typer.Option(None, "--detach", help=DETACH_HELP),
+    max_parallel: int = typer.Option(None, help="With --remote and --folds/--sweep: containers at once.  [default: all]"),
+    yes: bool = typer.Option(None, "--yes", "-y", help="With --remote: start a fan-out without asking."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """LoRA fine-tune the student on merge's train rows; select on val rows; never touch test."""
@@ -181,7 +228,14 @@ def train(
         flags.pop(k)
 
     def go():
+        from .sweeps import parse_sweep
+
+        flags["sweep"] = parse_sweep(flags.get("sweep")) or None
         cfg, remote_cfg = _configs(TrainConfig, config, flags)
+        if cfg.method != "sft":  # check --from now; a remote run needs its model and data paths
+            from .runs import continued_settings
+
+            cfg = continued_settings(cfg)
         if remote:
             from .remote import train_remote
 
@@ -197,7 +251,8 @@ def train(
 # ---------------------------------------------------------------- eval
 @app.command("eval")
 def eval_(
-    adapter_path: Path = typer.Option(None, help="Run folder from `train` (settings come from it)."),
+    adapter_path: Path = typer.Option(None, help="Run folder from `train` (settings come from it); a CV run or sweep too."),
+    model: Path = typer.Option(None, help="A folder written by `export` (settings come from it)."),
     base_model: str = typer.Option(None, help="Evaluate this model without an adapter (baseline)."),
     dataset_name: str = typer.Option(None, help="Benchmark: hub id or local path.  [default: the run's]"),
     config_name: str = typer.Option(None, help="Dataset configuration.  [default: the run's]"),
@@ -212,9 +267,12 @@ def eval_(
     min_pixels: int = typer.Option(None, help="Min pixels per view.  [default: the run's]"),
     blank_images: bool = typer.Option(None, "--blank-images", help="Ablation: grey images."),
     simple_prompt: bool = typer.Option(None, "--simple-prompt", help="Ablation: a trivial prompt."),
+    prompt: str = typer.Option(
+        None, help="teacher or builtin.  [default: the run's; for a base model: teacher with --merged, else builtin]"
+    ),
     with_description: bool = typer.Option(
         None, "--with-description/--without-description",
-        help="Species guidance in the prompt.  [default: the run's; for a base model, as the teacher had it]",
+        help="Prompt setting.  [default: the run's; for a base model, the one most teacher responses carry]",
     ),
     allow_train_samples: bool = typer.Option(
         None, "--allow-train-samples", help="Allow samples the adapter trained on (flagged)."
@@ -225,16 +283,26 @@ def eval_(
     output_dir: Path = typer.Option(None, help="Where result folders go.  [default: results]"),
     name: str = typer.Option(None, help="Result folder name.  [default: derived]"),
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit", help="4-bit base (CUDA only)."),
+    votes: int = typer.Option(
+        None, help="Also draw K sampled responses per sample: majority vote and vote share.  [default: 0]"
+    ),
+    temperature: float = typer.Option(None, help="Sampling temperature of --votes.  [default: 1.0]"),
+    target_accuracy: float = typer.Option(
+        None, help="Triage: threshold chosen on the val split to reach this accuracy, applied to the "
+        "evaluated samples (triage.csv)."
+    ),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
-    gpu: str = typer.Option(None, help=GPU_HELP),
-    timeout: int = typer.Option(None, help="Seconds before Modal stops the remote call."),
-    detach: bool = typer.Option(None, "--detach", help="With --remote: start and return; fetch later."),
+    gpu: str = typer.Option(None, help=EVAL_GPU_HELP),
+    timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 3600, 1 h)."),
+    detach: bool = typer.Option(None, "--detach", help=DETACH_HELP),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """Greedy batched generation on held-out samples: accuracy, intervals, confusion matrix."""
     flags = dict(locals())
     for k in ("config", "remote", "test_set_only"):
         flags.pop(k)
+    # On eval, --gpu and --timeout are the eval call's own (RemoteConfig.eval_gpu / eval_timeout).
+    flags["eval_gpu"], flags["eval_timeout"] = flags.pop("gpu"), flags.pop("timeout")
     if test_set_only:
         if split not in (None, "test"):
             typer.echo("error: --test-set-only contradicts --split " + split, err=True)
@@ -251,6 +319,59 @@ def eval_(
             from .evaluation import evaluate
 
             evaluate(cfg)
+
+    _run(go)
+
+
+# ---------------------------------------------------------------- predict
+@app.command()
+def predict(
+    input: str = typer.Argument(
+        None, help="A dataset (hub id, parquet file or folder, save_to_disk folder), or a segment table "
+        "(CSV/parquet: ids, species, box) with --images-dir.", show_default=False),
+    images_dir: Path = typer.Option(
+        None, help="For a segment table: folder of <proofread_root_id>_<current_root_id>_{front,side,top}.png."),
+    adapter_path: Path = typer.Option(None, help="Run folder from `train` (a CV run needs --ensemble or --fold; a sweep: its chosen point)."),
+    model: Path = typer.Option(None, help="A folder written by `connectodistill export` (instead of --adapter-path)."),
+    ensemble: bool = typer.Option(None, "--ensemble", help="CV run: average the fold students' letter probabilities."),
+    fold: int = typer.Option(None, help="CV run: use this fold's student."),
+    output: Path = typer.Option(None, "--output", "-o", help="Output folder; rerun to resume.  [default: predictions]"),
+    csv: bool = typer.Option(None, "--csv", help="Also write predictions.csv."),
+    threshold: float = typer.Option(None, help="Triage: confidence >= T is auto, the rest goes to a human."),
+    triage_from: Path = typer.Option(None, help="Triage with the threshold of this eval result (eval --target-accuracy)."),
+    chunk_size: int = typer.Option(None, help="Segments per chunk written (and resumed).  [default: 64]"),
+    batch_size: int = typer.Option(None, help="Generation batch size.  [default: 4]"),
+    max_new_tokens: int = typer.Option(None, help="Generation budget.  [default: 1024]"),
+    config_name: str = typer.Option(None, help="Dataset configuration (hub ids).  [default: the benchmark's]"),
+    dataset_split: str = typer.Option(None, help="The dataset's own split.  [default: train]"),
+    load_in_4bit: bool = typer.Option(None, "--load-in-4bit", help="4-bit base (CUDA only)."),
+    dry_run: bool = typer.Option(None, "--dry-run", help="Read and check every row, choose prompts; no model."),
+    force: bool = typer.Option(None, "--force", help="Start over in an output folder holding another prediction."),
+    remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
+    shards: int = typer.Option(None, help="With --remote: split the input over N GPU containers at once."),
+    gpu: str = typer.Option(None, help=EVAL_GPU_HELP),
+    timeout: int = typer.Option(None, help="Seconds before Modal stops one shard's attempt (default 3600, 1 h)."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """The student's answers for new segments: predictions.parquet with letter, analysis, letter
+    probabilities, prompt source (and triage); streamed in chunks, resumable."""
+    flags = dict(locals())
+    for k in ("config", "remote"):
+        flags.pop(k)
+    flags["eval_gpu"], flags["eval_timeout"] = flags.pop("gpu"), flags.pop("timeout")
+
+    def go():
+        from .config import PredictConfig
+
+        cfg, remote_cfg = _configs(PredictConfig, config, flags)
+        if remote:
+            from .remote.predict import predict_remote
+
+            predict_remote(cfg, remote_cfg)
+        else:
+            from .prediction import predict as predict_fn
+
+            predict_fn(cfg)
 
     _run(go)
 
@@ -274,6 +395,31 @@ def report(
         if not cfg.results:
             raise UserError("no result given: pass one or more eval output folders")
         report_fn(cfg)
+
+    _run(go)
+
+
+# ---------------------------------------------------------------- export
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="Run folder (a CV run with --fold, or a sweep: its chosen point)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder to write the merged model to."),
+    dtype: str = typer.Option(None, help="bfloat16, float16 or float32.  [default: bfloat16]"),
+    fold: int = typer.Option(None, help="Which fold of a cross-validation run to export."),
+    report: Path = typer.Option(None, help="report.csv from `connectodistill report`: its table goes into the model card."),
+    force: bool = typer.Option(None, "--force", help="Replace an existing output folder."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Merge the run's LoRA into its base: a plain Hugging Face model folder with a model card."""
+    flags = dict(locals())
+    flags.pop("config")
+
+    def go():
+        from .config import ExportConfig
+        from .exporting import export as export_fn
+
+        cfg, _ = _configs(ExportConfig, config, flags)
+        export_fn(cfg)
 
     _run(go)
 
@@ -304,17 +450,49 @@ def demo(
 # ---------------------------------------------------------------- fetch
 @app.command()
 def fetch(
-    name: str = typer.Argument(None, help="Run or result folder on the runs volume; omit to list."),
-    output_dir: Path = typer.Option(Path("."), help="Where to download it."),
+    name: str = typer.Argument(None, help="Run or result on the runs volume; omit to list them all."),
+    output_dir: Path = typer.Option(None, help="Download to OUTPUT_DIR/NAME (default: where it was started, else ./NAME)."),
+    follow: bool = typer.Option(False, "--follow", help="If it is running: stream its logs, wait, download."),
+    cancel: bool = typer.Option(False, "--cancel", help="Stop it on Modal (a run's checkpoints stay)."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
-    """Download a run (or eval output) from Modal's runs volume, or list what is there."""
+    """Status of every remote run (and download of the finished ones started here), or one run:
+    download it, follow it, or cancel it."""
 
     def go():
         from .remote import fetch as fetch_fn
 
+        if follow and cancel:
+            raise UserError("--follow and --cancel exclude each other")
+        if (follow or cancel) and name is None:
+            raise UserError("--follow and --cancel need a NAME (see `connectodistill fetch`)")
         values = load_config_file(config).get("remote") or {}
-        fetch_fn(name, output_dir, build_config(RemoteConfig, values, {}))
+        fetch_fn(name, output_dir, build_config(RemoteConfig, values, {}), follow=follow, cancel=cancel)
+
+    _run(go)
+
+
+# ---------------------------------------------------------------- remote
+remote_app = typer.Typer(help="Modal account tools.", no_args_is_help=True)
+app.add_typer(remote_app, name="remote")
+
+
+@remote_app.command("check")
+def remote_check(
+    gpu: str = typer.Option(None, help="Also check CUDA on this GPU (a GPU-minute); default: CPU only."),
+    model: str = typer.Option(None, help="Hub id the token must be able to read (default: the default student)."),
+    config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
+) -> None:
+    """Check Modal for cents: the image builds, the package imports and its CLI runs from a
+    temporary folder, each volume takes a committed file a second container reads back, the Hub
+    lets the token read the student; prints the image's library versions."""
+
+    def go():
+        from .remote import remote_check as check_fn
+        from .task import DEFAULT_MODEL
+
+        values = load_config_file(config).get("remote") or {}
+        check_fn(build_config(RemoteConfig, values, {}), gpu=gpu, model=model or DEFAULT_MODEL)
 
     _run(go)
 

@@ -34,6 +34,8 @@ class MergeConfig(_Config):
     responses_per_sample: int | None = Field(1, ge=1)
     test_size: float = Field(0.1, ge=0.0, lt=1.0)
     val_size: float = Field(0.1, ge=0.0, lt=1.0)
+    # K-fold cross-validation: every sample tested once (test_size is then unused).
+    folds: int | None = Field(None, ge=2)
     seed: int = 42
     force: bool = False
 
@@ -74,6 +76,11 @@ class TrainConfig(_Config):
     # picks the setting with (or without) the species guidance paragraph.
     with_description: bool | None = None
     allow_mixed_prompts: bool = False
+    # Cross-validation (a `merge --folds K` file): one fold, or all of them (train --folds).
+    fold: int | None = Field(None, ge=0)
+    folds: bool = False
+    # A grid of settings, e.g. {"learning_rate": [1e-4, 2e-4], "lora_r": [8, 16]}; chosen on val.
+    sweep: dict[str, list] | None = None
     select_by: Literal["val_loss", "val_accuracy", "last"] = "val_loss"
     max_new_tokens: int = Field(1024, ge=1, description="Generation budget for val_accuracy.")
     max_length: int = Field(16384, ge=16, description="Longest sequence allowed; never truncated.")
@@ -84,10 +91,30 @@ class TrainConfig(_Config):
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
     logging_steps: int = Field(5, ge=1)
     progress: bool = True
+    # The recipe: sft (training.py), dpo (dpo.py) or grpo (grpo.py). dpo and grpo continue the
+    # SFT student of `from_run` (its adapter, base model, processor, prompts, splits).
+    method: Literal["sft", "dpo", "grpo"] = "sft"
+    from_run: Path | None = Field(None, description="Run folder whose student dpo/grpo continue.")
+    # dpo: pairs of teacher responses to one sample (chosen right, rejected wrong).
+    pairs_per_sample: int = Field(4, ge=1)
+    on_policy: int = Field(0, ge=0, description="dpo: sampled student answers per train sample, wrong ones rejected.")
+    rpo_alpha: float | None = Field(None, ge=0.0, description="dpo: weight of the NLL term on chosen.")
+    dpo_beta: float = Field(0.1, gt=0.0)
+    # grpo (and dpo --on-policy sampling): group size, sampling, KL, completion budget, rewards.
+    num_generations: int = Field(8, ge=2)
+    temperature: float = Field(0.5, gt=0.0)
+    kl_beta: float = Field(0.0, ge=0.0)
+    # None: 512 tokens (an analysis and an answer), 16 with answer_only.
+    max_completion_length: int | None = Field(None, ge=1)
+    answer_only: bool = False
+    format_reward: float = Field(0.1, ge=0.0)
+    balance_classes: bool = False
 
 
 class EvalConfig(_Config):
     adapter_path: Path | None = None
+    # A folder written by `export` (the adapter merged in); settings come from its manifest.
+    model: Path | None = None
     base_model: str | None = None
     dataset_name: str | None = None
     config_name: str | None = None
@@ -109,7 +136,50 @@ class EvalConfig(_Config):
     output_dir: Path = Path("results")
     name: str | None = Field(None, description="Name of this result (folder under output_dir).")
     load_in_4bit: bool = False
+    # Self-consistency: K sampled responses per sample besides the greedy one (0: none).
+    votes: int = Field(0, ge=0, description="Sampled responses per sample for a majority vote.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the votes.")
+    # Triage: the smallest confidence threshold whose val accuracy reaches this, applied here.
+    target_accuracy: float | None = Field(None, gt=0, le=1)
     seed: int = 0
+    progress: bool = True
+
+
+class ExportConfig(_Config):
+    run: Path = Field(..., description="Run folder (or a CV run with fold, or a sweep) to export.")
+    output: Path = Field(..., description="Folder to write the merged model to.")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    fold: int | None = Field(None, ge=0)
+    report: Path | None = Field(None, description="report.csv whose table goes into the model card.")
+    force: bool = False
+
+
+class PredictConfig(_Config):
+    # What to classify: a dataset in the benchmark's schema (hub id, parquet file or folder,
+    # save_to_disk folder), or a segment table (CSV/parquet) with images_dir.
+    input: str | None = None
+    images_dir: Path | None = None
+    config_name: str | None = None  # hub ids only  [default: the benchmark's]
+    dataset_split: str | None = None  # hub ids / save_to_disk / parquet folders  [default: train]
+    # The student: a run (or CV run, or sweep) folder, or a folder written by `export`.
+    adapter_path: Path | None = None
+    model: Path | None = None
+    ensemble: bool = False  # a CV run: average the fold students' letter probabilities
+    fold: int | None = Field(None, ge=0)  # a CV run: this fold's student
+    output: Path = Field(Path("predictions"), description="Output folder (resumed when rerun).")
+    csv: bool = False  # also predictions.csv
+    threshold: float | None = Field(None, ge=0, le=1)  # triage: auto when confidence >= threshold
+    triage_from: Path | None = None  # an eval result folder whose summary.json holds the threshold
+    # Segments per chunk: decoded views of one chunk are held at once (64 x 3 views of 1024x1024
+    # RGB is ~0.6 GB); results are written, and resumed, a chunk at a time.
+    chunk_size: int = Field(64, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_new_tokens: int = Field(1024, ge=1)
+    load_in_4bit: bool = False
+    dry_run: bool = False  # read, check and prompt every segment; no model
+    force: bool = False  # start over in an output folder holding another prediction
+    shards: int | None = Field(None, ge=1)  # --remote: containers at once
+    row_offset: int = Field(0, ge=0)  # a shard's first row in the whole input (set by --remote)
     progress: bool = True
 
 
@@ -131,9 +201,16 @@ class DemoConfig(_Config):
 
 
 class RemoteConfig(_Config):
-    gpu: str = "A100-80GB"
-    timeout: int = Field(24 * 3600, ge=60, description="Seconds before Modal stops the call.")
+    gpu: str = "A100-80GB"  # training; eval takes one GPU of this type unless eval_gpu is set
+    # Seconds one attempt may run before Modal stops it; None: 4 h for train, 1 h for eval.
+    timeout: int | None = Field(None, ge=60, description="Seconds before Modal stops a training attempt.")
+    eval_gpu: str | None = None
+    eval_timeout: int | None = Field(None, ge=60, description="Seconds before Modal stops an eval attempt.")
+    # The job always runs detached on Modal; without detach the command waits for it.
     detach: bool = False
+    # Fan-out (folds, sweep points): how many containers at once (None: all), and no question.
+    max_parallel: int | None = Field(None, ge=1)
+    yes: bool = False
     app_name: str = "connectodistill"
     models_volume: str = "connectodistill-models"
     datasets_volume: str = "connectodistill-datasets"

@@ -25,7 +25,7 @@ from .conversation import (
     sample_name,
 )
 from .errors import UserError
-from .generation import generate_answers
+from .generation import generate_answers, letter_probabilities
 from .prompts import SamplePrompt, choose_setting, first_stored, sample_prompts
 from .task import (
     DEFAULT_CONFIG,
@@ -40,23 +40,33 @@ from .training import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
 PREDICTION_COLUMNS = (
     "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
     "parsed", "correct", "analysis", "response", "in_train", "prompt_source", "prompt_sha256", "split_group",
+    "p_a", "p_b", "p_c", "p_d", "p_e", "p_f", "p_g", "confidence",  # with --votes: vote_letter, vote_share, vote_letters
 )
 
 
 # ----------------------------------------------------------------------------- settings
 def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
-    """What to evaluate and how: from the adapter's training_config.json or from the flags."""
-    if cfg.adapter_path is not None:
-        run_dir = Path(cfg.adapter_path)
-        if not (run_dir / RUN_CONFIG).is_file():
-            raise UserError(f"{run_dir}: no {RUN_CONFIG}; pass a run folder written by `connectodistill train`")
+    """What to evaluate and how: from the adapter's training_config.json (or an exported
+    model's connectodistill_export.json, the same fields), or from the flags."""
+    from .exporting import EXPORT_MANIFEST
+
+    if cfg.adapter_path is not None and cfg.model is not None:
+        raise UserError("pass either --adapter-path RUN or --model EXPORTED_FOLDER, not both")
+    if cfg.adapter_path is not None or cfg.model is not None:
+        run_dir = Path(cfg.adapter_path if cfg.adapter_path is not None else cfg.model)
+        config_file = RUN_CONFIG if cfg.adapter_path is not None else EXPORT_MANIFEST
+        if not (run_dir / config_file).is_file():
+            what = "a run folder written by `connectodistill train`" if cfg.adapter_path is not None else \
+                "a folder written by `connectodistill export`"
+            raise UserError(f"{run_dir}: no {config_file}; pass {what}")
         try:
-            run = json.loads((run_dir / RUN_CONFIG).read_text())
+            run = json.loads((run_dir / config_file).read_text())
             run["base_model"], run["pixel_budget"]["max_pixels"], run["splits"]  # noqa: B018
         except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{run_dir / RUN_CONFIG}: unreadable or incomplete ({e}); re-run train") from e
+            raise UserError(f"{run_dir / config_file}: unreadable or incomplete ({e}); re-run train") from e
         s = {
-            "base_model": run["base_model"],
+            # an exported folder is its own base model: the adapter is merged into it
+            "base_model": run["base_model"] if cfg.adapter_path is not None else str(run_dir),
             "dataset_name": run.get("dataset_name"),
             "config_name": run.get("config_name"),
             "dataset_split": run.get("dataset_split"),
@@ -127,6 +137,12 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
         "responses": responses,
         "templates": report.get("prompt_templates") or {},
     }
+
+
+def run_settings(cfg: EvalConfig) -> dict[str, Any]:
+    """The settings eval uses for ``cfg`` (base model, pixel budget, chat template, prompt
+    source and setting, the run's prompts): public so that predict reads a run exactly as eval."""
+    return _run_settings(cfg)
 
 
 def _merged_responses(merged: Path):
@@ -215,7 +231,7 @@ def select_samples(bench, settings: dict, cfg: EvalConfig):
         mask = [(int(p), int(c)) in keys for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)]
         df = df[mask]
     trained = train_keys(settings)
-    includes_train = cfg.adapter_path is not None and any(
+    includes_train = (cfg.adapter_path is not None or cfg.model is not None) and any(
         (int(p), int(c)) in trained for p, c in zip(df[ID_COLUMNS[0]], df[ID_COLUMNS[1]], strict=True)
     )
     if includes_train and not cfg.allow_train_samples:
@@ -247,7 +263,8 @@ def sample_ids_hash(pids, cids) -> str:
 
 
 def default_name(cfg: EvalConfig, settings: dict, split: str) -> str:
-    base = Path(cfg.adapter_path).name if cfg.adapter_path else "base_" + Path(settings["base_model"].rstrip("/")).name
+    student = cfg.adapter_path or cfg.model
+    base = Path(student).name if student else "base_" + Path(settings["base_model"].rstrip("/")).name
     tags = [base, split] + (["blank-images"] if cfg.blank_images else []) + (["simple-prompt"] if cfg.simple_prompt else [])
     return re.sub(r"[^\w.-]+", "-", "_".join(tags))
 
@@ -257,6 +274,10 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     """Score a student (adapter) or a base model on held-out samples; return the output folder."""
     cfg = resolve(EvalConfig, config, overrides)
     from .cross_validation import evaluate_cv, is_cv_run
+    from .sweeps import chosen_run, is_sweep
+
+    if is_sweep(cfg.adapter_path):  # a sweep folder: its chosen point (chosen on val)
+        cfg = cfg.model_copy(update={"adapter_path": chosen_run(cfg.adapter_path)})
 
     if is_cv_run(cfg.adapter_path):  # each fold on its own test fold, pooled
         return evaluate_cv(cfg)
@@ -267,6 +288,9 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
     bench = load_benchmark(settings["dataset_name"], settings["config_name"], settings["dataset_split"])
     df, split, includes_train = select_samples(bench, settings, cfg)
+    if cfg.target_accuracy is not None and not (settings["splits"] or {}).get("val"):
+        raise UserError("--target-accuracy chooses its threshold on the val split, and there are no val "
+                        "samples: pass --adapter-path RUN or --merged MERGED.parquet with a val split")
     # Leak-proof groups over the whole benchmark (samples sharing either id): intervals
     # resample whole groups, since a neuron's segments are correlated.
     from .splits import leak_groups
@@ -320,12 +344,21 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
                                      max_new_tokens=cfg.max_new_tokens,
                                      progress=lambda n: bar.advance(task, n))
     seconds = time.time() - t0
+    # 3b. The letter distribution at each response's answer position: one forward pass each.
+    t0 = time.time()
+    probs = _letter_probs(model, processor, prompts, images, chosen, responses, cfg, out_dir.name)
+    confidence_seconds = time.time() - t0
+    # 3c. Self-consistency: K sampled responses per sample besides the greedy one.
+    t0 = time.time()
+    sampled = _sampled_letters(model, processor, prompts, images, chosen, cfg, out_dir.name) if cfg.votes else None
+    vote_seconds = time.time() - t0
 
     # 4. Score: the teacher's extraction and answer rule (shared with merge); unparsed = wrong.
     from .scoring import option_descriptions
 
     parsed = [parse_response(r, option_descriptions(p)) for r, p in zip(responses, prompts, strict=True)]
-    trained = train_keys(settings) if cfg.adapter_path is not None else set()  # flagged per row
+    student = cfg.adapter_path is not None or cfg.model is not None
+    trained = train_keys(settings) if student else set()  # flagged per row
     predicted = [letter for _, letter in parsed]
     metrics = classification_metrics(truth, predicted, seed=cfg.seed, groups=groups)
     import pandas as pd
@@ -345,6 +378,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "prompt_source": [p.source for p in chosen],
         "prompt_sha256": [p.sha256 for p in chosen],
         "split_group": groups,
+        **confidence_columns(probs, predicted),
+        **(vote_columns(sampled) if sampled is not None else {}),
     })
     counts = pd.Series(truth).value_counts()
     summary = {
@@ -358,6 +393,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "interval_method": "percentile bootstrap over leak-proof groups (samples sharing an id)",
         "model": settings["base_model"],
         "adapter": str(cfg.adapter_path) if cfg.adapter_path else None,
+        "exported_model": str(cfg.model) if cfg.model else None,
         "settings": {
             "split": split, "dataset_name": settings["dataset_name"], "config_name": settings["config_name"],
             "dataset_split": settings["dataset_split"], "blank_images": cfg.blank_images,
@@ -365,20 +401,188 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
             "max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "pixel_budget": budget,
             "prompt": settings["prompt"], "prompt_setting": settings["prompt_setting"],
             "prompt_template_id": PROMPT_TEMPLATE_ID, "prompt_template_hash": prompt_template_hash(),
+            "votes": cfg.votes, "temperature": cfg.temperature if cfg.votes else None,
+            "target_accuracy": cfg.target_accuracy,
         },
         "generation_seconds": round(seconds, 2),
         "samples_per_second": round(len(rows) / seconds, 3) if seconds else None,
+        **confidence_summary(preds, seed=cfg.seed),
+        "confidence_seconds": round(confidence_seconds, 2),
     }
+    if sampled is not None:
+        summary["votes"].update(k=cfg.votes, temperature=cfg.temperature, seconds=round(vote_seconds, 2))
+    # 3d. Triage: the threshold is chosen on the val samples (never these), then applied here.
+    triage = val = None
+    if cfg.target_accuracy is not None:
+        val = _val_pass(model, processor, bench, settings, cfg, image_cols)
+        triage, summary["triage"] = choose_triage(val, preds, cfg.target_accuracy)
 
     # 5. Outputs, written whole or not at all.
     from .data import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(preds, out_dir / "predictions.csv")
+    if triage is not None:
+        write_predictions(triage, out_dir / "triage.csv")
+        write_predictions(val, out_dir / "triage_val.csv")
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1, default=_json_default))
     plot_confusion(summary, out_dir / "confusion.png")
+    plot_confidence(summary, preds, out_dir)
     print_summary(summary)
     return out_dir
+
+
+# ----------------------------------------------------------------------------- confidence
+def _letter_probs(model, processor, prompts, images, chosen, responses, cfg: EvalConfig, label: str):
+    from rich.progress import Progress
+
+    with Progress(disable=not cfg.progress, transient=True) as bar:
+        task = bar.add_task(f"confidence {label}", total=len(prompts))
+        return letter_probabilities(model, processor, prompts, images, responses,
+                                    layouts=[p.layout for p in chosen], batch_size=cfg.batch_size,
+                                    progress=lambda n: bar.advance(task, n))
+
+
+def _sampled_letters(model, processor, prompts, images, chosen, cfg: EvalConfig, label: str) -> list[list]:
+    """The parsed letters of ``cfg.votes`` sampled responses per sample (seeded; each response
+    ends at its first ``</answer>``, all the answer rule reads)."""
+    import torch
+    from rich.progress import Progress
+
+    from .scoring import option_descriptions, parse_response
+
+    torch.manual_seed(cfg.seed)
+    with Progress(disable=not cfg.progress, transient=True) as bar:
+        task = bar.add_task(f"votes {label}", total=len(prompts))
+        out = generate_answers(model, processor, prompts, images, layouts=[p.layout for p in chosen],
+                               batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                               stop_at_answer=True, do_sample=True, temperature=cfg.temperature,
+                               num_return_sequences=cfg.votes, progress=lambda n: bar.advance(task, n))
+    out = [r if isinstance(r, list) else [r] for r in out]  # K = 1 gives one string per sample
+    return [[parse_response(r, option_descriptions(p))[1] for r in rs] for rs, p in zip(out, prompts, strict=True)]
+
+
+def confidence_columns(probs, predicted) -> dict:
+    """``p_a`` ... ``p_g`` and ``confidence``: the probability of the parsed letter (0.0 unparsed)."""
+    from .calibration import LETTER_COLUMNS
+    from .task import LETTERS
+
+    out = {col: probs[:, j] for j, col in enumerate(LETTER_COLUMNS)}
+    out["confidence"] = [float(probs[i, LETTERS.index(x)]) if isinstance(x, str) else 0.0
+                         for i, x in enumerate(predicted)]
+    return out
+
+
+def vote_columns(sampled: list[list]) -> dict:
+    """``vote_letter`` / ``vote_share`` (scoring.majority_vote over the K sampled letters, the
+    unparsed ones counted in the denominator) and ``vote_letters`` (the K letters, ``-`` = unparsed)."""
+    from .scoring import majority_vote
+
+    votes = [majority_vote(letters) for letters in sampled]
+    return {"vote_letter": [v[0] for v in votes], "vote_share": [v[1] for v in votes],
+            "vote_letters": ["".join(x or "-" for x in letters) for letters in sampled]}
+
+
+def confidence_summary(preds, seed: int = 0) -> dict:
+    """Calibration and selective accuracy of a predictions frame (``calibration.summarize``):
+    ece, brier, aurc, coverage_at_accuracy, reliability of ``confidence``; with vote columns
+    also ``vote_accuracy`` and ``votes`` (the majority's metrics and vote-share calibration).
+
+    Computed from the frame alone, so a pooled frame (cross-validation) gets pooled figures.
+    """
+    import numpy as np
+
+    from .calibration import LETTER_COLUMNS, summarize, vote_distribution
+    from .scoring import classification_metrics
+
+    truth = preds["ground_truth_letter"].tolist()
+    out = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
+                    preds[list(LETTER_COLUMNS)].to_numpy(float), truth)
+    if "vote_letters" in preds:
+        letters = [x if isinstance(x, str) else None for x in preds["vote_letter"]]
+        m = classification_metrics(truth, letters, seed=seed,
+                                   groups=preds["split_group"].to_numpy() if "split_group" in preds else None)
+        dist = np.stack([vote_distribution([c if c != "-" else None for c in str(v)]) for v in preds["vote_letters"]])
+        correct = np.array([x == t for x, t in zip(letters, truth, strict=True)], dtype=float)
+        out["vote_accuracy"] = m["accuracy"]
+        out["votes"] = {**{k: m[k] for k in ("n", "accuracy", "accuracy_ci", "balanced_accuracy",
+                                             "balanced_accuracy_ci", "unparsed_rate")},
+                        **summarize(preds["vote_share"].to_numpy(float), correct, dist, truth)}
+    return out
+
+
+def _val_pass(model, processor, bench, settings: dict, cfg: EvalConfig, image_cols) -> Any:
+    """Greedy responses and letter probabilities on the val split (all of it, never test): the
+    per-sample frame a triage threshold is chosen on."""
+    import pandas as pd
+
+    from .scoring import ground_truth_letters, option_descriptions, parse_response
+
+    df, _, _ = select_samples(bench, settings, cfg.model_copy(update={"split": "val", "num_samples": None}))
+    rows = df.to_dict("records")
+    chosen = choose_prompts(rows, settings, cfg)
+    prompts = [p.text for p in chosen]
+    images = [load_images(r, image_cols, blank=cfg.blank_images) for r in rows]
+    responses = generate_answers(model, processor, prompts, images, layouts=[p.layout for p in chosen],
+                                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+    probs = _letter_probs(model, processor, prompts, images, chosen, responses, cfg, "val")
+    predicted = [parse_response(r, option_descriptions(p))[1] for r, p in zip(responses, prompts, strict=True)]
+    truth = ground_truth_letters(df[label_column(df.columns)].tolist())
+    return pd.DataFrame({
+        "proofread_root_id": df[ID_COLUMNS[0]].astype("int64").to_numpy(),
+        "current_root_id": df[ID_COLUMNS[1]].astype("int64").to_numpy(),
+        "ground_truth_letter": truth, "predicted_letter": predicted,
+        "correct": [p == t for p, t in zip(predicted, truth, strict=True)],
+        **confidence_columns(probs, predicted),
+    })
+
+
+def choose_triage(val, preds, target: float, column: str = "confidence") -> tuple[Any, dict]:
+    """(per-sample triage frame, summary) for ``preds``, at the threshold chosen on ``val``.
+
+    The threshold (``calibration.threshold_for``) sees only ``val``; each sample of ``preds``
+    then goes ``auto`` (its predicted letter is accepted) when its confidence reaches it, else
+    ``human``. Without a threshold reaching ``target`` on val, every sample goes to a human.
+    """
+    import pandas as pd
+
+    from .calibration import selective, threshold_for
+
+    threshold = threshold_for(val[column].to_numpy(float), val["correct"].to_numpy(float), target)
+    on_val = selective(val[column].to_numpy(float), val["correct"].to_numpy(float), threshold)
+    here = selective(preds[column].to_numpy(float), preds["correct"].to_numpy(float), threshold)
+    auto = (preds[column].to_numpy(float) >= threshold) if threshold is not None else [False] * len(preds)
+    triage = pd.DataFrame({
+        "proofread_root_id": preds["proofread_root_id"].to_numpy(),
+        "current_root_id": preds["current_root_id"].to_numpy(),
+        column: preds[column].to_numpy(float),
+        "decision": ["auto" if a else "human" for a in auto],
+        "letter": [x if a else None for x, a in zip(preds["predicted_letter"], auto, strict=True)],
+    })
+    val_keys = set(zip(val["proofread_root_id"], val["current_root_id"], strict=True))
+    overlap = sum(k in val_keys for k in zip(preds["proofread_root_id"], preds["current_root_id"], strict=True))
+    return triage, {
+        "target_accuracy": target, "confidence": column, "threshold": threshold,
+        "chosen_on": "val", "val": {**on_val, "sample_ids_hash": sample_ids_hash(val["proofread_root_id"],
+                                                                                  val["current_root_id"])},
+        **here, "evaluated_samples_in_val": overlap,
+    }
+
+
+def plot_confidence(summary: dict, preds, out_dir: Path) -> None:
+    """``reliability.png`` and ``risk_coverage.png``: letter probability, and vote share with --votes."""
+    from .calibration import plot_reliability, plot_risk_coverage
+
+    bins = {"letter probability": summary["reliability"]}
+    curves = {"letter probability": (preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float))}
+    if "votes" in summary:
+        k = summary["votes"].get("k")
+        bins[f"vote share (K={k})"] = summary["votes"]["reliability"]
+        correct = (preds["vote_letter"] == preds["ground_truth_letter"]).to_numpy(float)
+        curves[f"vote share (K={k})"] = (preds["vote_share"].to_numpy(float), correct)
+    title = f"{summary['name']} (n={summary['n']})"
+    plot_reliability(bins, out_dir / "reliability.png", f"{title}: ECE {summary['ece']:.3f}")
+    plot_risk_coverage(curves, out_dir / "risk_coverage.png", title)
 
 
 def write_predictions(preds, path: Path) -> None:
@@ -444,6 +648,22 @@ def print_summary(summary: dict) -> None:
               f"{summary['balanced_accuracy']:.3f} [{blo:.3f}, {bhi:.3f}]", f"{summary['unparsed_rate']:.3f}")
     console = Console(stderr=True)
     console.print(t)
+    if summary.get("ece") is not None:
+        from .calibration import reading
+
+        cov = summary["coverage_at_accuracy"]
+        console.print(f"confidence (letter probability): ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}, "
+                      f"AURC {summary['aurc']:.3f}, coverage at 90/95/99% accuracy "
+                      f"{cov['0.90']:.2f}/{cov['0.95']:.2f}/{cov['0.99']:.2f}")
+        if "votes" in summary:
+            v = summary["votes"]
+            console.print(f"majority of {v.get('k')} sampled: accuracy {v['accuracy']:.3f}; vote share ECE "
+                          f"{v['ece']:.3f}, AURC {v['aurc']:.3f}")
+        if "triage" in summary:
+            tr = summary["triage"]
+            thr = "none reaches it" if tr["threshold"] is None else f"{tr['threshold']:.3f}"
+            console.print(f"triage at {tr['target_accuracy']:.0%} (threshold {thr}, chosen on {tr['val']['n']} val "
+                          f"samples): {reading(tr['coverage'], tr['accuracy'])}")
     if summary["includes_train_samples"]:
         console.print("[bold red]warning: these samples include training samples of this adapter[/]")
 

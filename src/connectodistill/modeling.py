@@ -229,6 +229,10 @@ def load_model(
         kwargs["dtype"] = compute if dtype is None else _resolve_dtype(dtype, device)
     else:
         kwargs["dtype"] = _resolve_dtype(dtype, device)
+        if device.startswith("cuda") and torch.cuda.is_available():
+            # Load the weights straight onto the GPU, not into host memory first and then
+            # `.to(device)` (an 8B model is 17.5 GB in bf16: that much RAM and a second copy).
+            kwargs["device_map"] = {"": device if ":" in device else f"{device}:{torch.cuda.current_device()}"}
 
     source = _resolve_source(name_or_path, what="model")
     try:
@@ -318,3 +322,32 @@ def add_lora(
         bias="none",
     )
     return get_peft_model(model, config)
+
+
+# --------------------------------------------------------------------------- shape-only builds
+
+
+def build_model_from_config(config: Any, *, device: str | None = None, dtype: Any = None):
+    """A randomly-initialised student of ``config``'s architecture, allocated directly on ``device``.
+
+    Nothing is read from disk or the Hub: for benchmarks and tests of a real model's shape
+    (e.g. Qwen3-VL-8B-Instruct's published config) without its checkpoint. ``config`` is a
+    transformers config or a dict with ``model_type``; ``device="meta"`` allocates nothing
+    (parameter counts). Same device and dtype defaults as :func:`load_model` (bfloat16 on a
+    CUDA GPU that supports it, else float32), and like ``from_pretrained`` the model is
+    returned in eval mode.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    model_kind(config)  # a clear error for anything but a Qwen-VL config
+    if isinstance(config, dict):
+        config = dict(config)
+        config = AutoConfig.for_model(config.pop("model_type"), **config)
+    if device is None:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    with torch.device(device):
+        model = AutoModelForImageTextToText.from_config(config, dtype=_resolve_dtype(dtype, device))
+    return model.eval()

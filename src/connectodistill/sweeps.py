@@ -19,7 +19,7 @@ from typing import Any
 from .config import TrainConfig
 from .errors import UserError
 
-__all__ = ["SWEEP_FILE", "chosen_run", "grid", "is_sweep", "parse_sweep", "train_sweep"]
+__all__ = ["SWEEP_FILE", "choose", "chosen_run", "grid", "is_sweep", "parse_sweep", "train_sweep"]
 
 SWEEP_FILE = "sweep.json"
 # Settings a sweep may vary: the training knobs, not the data or the model.
@@ -113,38 +113,46 @@ def train_sweep(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     """Train every grid point (skipping finished ones), choose on val, write sweep.json."""
     from rich.console import Console
 
-    from .data import atomic_write_json
     from .training import train
 
     if cfg.select_by == "last":
         raise UserError("a sweep chooses on validation: pass --select-by val_loss or --select-by val_accuracy")
-    axes = parse_sweep(cfg.sweep)
-    points = grid(cfg, axes)
+    points = grid(cfg, parse_sweep(cfg.sweep))
     out = sweep_dir_for(cfg)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
-    lower_is_better = cfg.select_by == "val_loss"
-    axes = {name: list(dict.fromkeys(p[name] for p in points)) for name in axes}  # validated values
-    record = {"axes": axes, "metric": cfg.select_by, "direction": "lower" if lower_is_better else "higher",
-              "folds": bool(cfg.folds), "points": [], "chosen": None}
     for k, point in enumerate(points):
         run = out / f"point-{k}"
         if not _done(run):
             console.rule(f"sweep point {k + 1}/{len(points)}: {point}")
             train(cfg.model_copy(update={**point, "sweep": None, "run_dir": run, "resume": False}),
                   callbacks=callbacks)
-        metric, per_fold = _point_metric(run)
-        record["points"].append({"index": k, "params": point, "run": run.name, "val_metric": metric,
+    return choose(cfg, out, points)
+
+
+def choose(cfg: TrainConfig, out: Path, points: list[dict]) -> Path:
+    """Read every point's val metric, choose (lowest val loss / highest val accuracy), write sweep.json."""
+    from rich.console import Console
+
+    from .data import atomic_write_json
+
+    lower_is_better = cfg.select_by == "val_loss"
+    axes = {name: list(dict.fromkeys(p[name] for p in points)) for name in points[0]} if points else {}
+    record = {"axes": axes, "metric": cfg.select_by, "direction": "lower" if lower_is_better else "higher",
+              "folds": bool(cfg.folds), "points": [], "chosen": None}
+    for k, point in enumerate(points):
+        metric, per_fold = _point_metric(out / f"point-{k}")
+        record["points"].append({"index": k, "params": point, "run": f"point-{k}", "val_metric": metric,
                                  "per_fold": per_fold})
-        atomic_write_json(out / SWEEP_FILE, record)
     scored = [p for p in record["points"] if p["val_metric"] is not None]
     if not scored:
+        atomic_write_json(out / SWEEP_FILE, record)
         raise UserError(f"{out}: no sweep point has a val metric (no val samples?); cannot choose")
     best = (min if lower_is_better else max)(scored, key=lambda p: p["val_metric"])
     record["chosen"] = {**best, "why": f"{'lowest' if lower_is_better else 'highest'} {cfg.select_by}"
                         + (" (mean over folds)" if cfg.folds else "") + " among the points; test was never read"}
     atomic_write_json(out / SWEEP_FILE, record)
-    console.print(f"[bold]sweep[/] {out}: chose point-{best['index']} {best['params']} "
-                  f"({cfg.select_by} {best['val_metric']:.4f}); evaluate it with "
-                  f"`connectodistill eval --adapter-path {out}`")
+    Console(stderr=True).print(f"[bold]sweep[/] {out}: chose point-{best['index']} {best['params']} "
+                               f"({cfg.select_by} {best['val_metric']:.4f}); evaluate it with "
+                               f"`connectodistill eval --adapter-path {out}`")
     return out

@@ -1,0 +1,568 @@
+"""This machine's side of ``--remote``: upload, spawn (always detached), wait or return, and
+later list, follow, cancel and download; plus ``remote check``.
+
+Each train or eval call is recorded twice: ``calls/<kind>/<name>.json`` on the runs volume and
+``modal_call.json`` in the local run or result folder (call id, token, GPU, timeout, where it was
+started). The container writes ``calls/<kind>/<name>.outcome.json`` when it ends, so a status is
+known even after Modal has dropped the call's result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+
+from ..config import EvalConfig, RemoteConfig, TrainConfig
+from ..errors import UserError
+from . import boundary
+from .app import declare, read_lock, resources
+from .calls import (
+    CANCELLED,
+    EXPIRED,
+    FAILED,
+    FINISHED,
+    RUNNING,
+    CallState,
+    modal_errors,
+    outcome_of,
+    poll_call,
+    spawn_all,
+    wait_call,
+)
+from .container import (
+    CALLS_DIR,
+    EVAL_DIR,
+    EVAL_SUMMARY,
+    MOUNTS,
+    PREFETCH_DIR,
+    RUN_CONFIG,
+    TRAIN_DIR,
+    first_line,
+    marker_name,
+)
+from .volumes import download, list_folders, listdir, read_json, say, stamp, upload, write_json
+
+STUB = "modal_call.json"  # in the local run / result folder while (and after) it runs on Modal
+WAIT_SLICE_SECONDS = 60.0  # FunctionCall.get(timeout=...) per slice while waiting
+DONE_MARKER = {TRAIN_DIR: RUN_CONFIG, EVAL_DIR: EVAL_SUMMARY}
+
+
+@dataclass
+class Job:
+    """One spawned train or eval call, as recorded on the runs volume and in the local stub."""
+
+    kind: str
+    name: str
+    local_dir: str
+    gpu: str
+    timeout: int
+    call_id: str | None = None
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    started: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    @property
+    def key(self) -> str:
+        return f"{CALLS_DIR}/{self.kind}/{self.name}.json"
+
+
+# ============================================================================ train / eval
+def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | None:
+    """``train --remote``: train on Modal, then download the run folder (None when detached).
+
+    Cross-validation folds and sweep points fan out, one container each (``fanout.py``).
+    """
+    if train_cfg.sweep or train_cfg.folds:
+        from .fanout import train_cv_remote, train_sweep_remote
+
+        fan = train_sweep_remote if train_cfg.sweep else train_cv_remote
+        return fan(train_cfg, remote_cfg, max_parallel=remote_cfg.max_parallel,
+                   confirm=None if remote_cfg.yes else _ask)
+    res = resources(remote_cfg)
+    merged = Path(train_cfg.augmented_dataset)
+    if not merged.is_file():
+        raise UserError(f"merged dataset not found: {merged} (run `connectodistill merge` first)")
+    model_dir = _local_input(train_cfg.model, "model")
+    remote = declare(remote_cfg, use_wandb=train_cfg.use_wandb)
+
+    with modal_errors(remote_cfg):
+        runs = boundary.volume(remote_cfg.runs_volume)
+        run_name = _remote_run_name(train_cfg, runs, merged)
+        links = {str(merged): upload(boundary.volume(remote_cfg.datasets_volume), "datasets", merged)}
+        if model_dir is not None:
+            links[train_cfg.model] = upload(boundary.volume(remote_cfg.models_volume), "models", model_dir)
+        kwargs = dict(settings=train_cfg.model_dump(mode="json"), links=links, run_name=run_name,
+                      gpus=res.train_gpus, runs_volume=remote_cfg.runs_volume,
+                      models_volume=remote_cfg.models_volume)
+        local_dir = Path(train_cfg.run_dir) if train_cfg.run_dir else Path(train_cfg.output_dir) / run_name
+        job = Job(TRAIN_DIR, run_name, str(local_dir), res.train_gpu, res.train_timeout)
+        return _submit(remote, remote.train, kwargs, job, remote_cfg, runs,
+                       hub_model=None if model_dir is not None else train_cfg.model)
+
+
+def evaluate_remote(eval_cfg: EvalConfig, remote_cfg: RemoteConfig) -> Path | None:
+    """``eval --remote``: evaluate on Modal, then download the output folder (None when detached).
+
+    ``adapter_path`` may be a local run folder, or the name of a run that lives only on the runs
+    volume (a local folder holding only the ``modal_call.json`` stub counts as such).
+    """
+    from ..task import DEFAULT_DATASET
+
+    res = resources(remote_cfg)
+    if eval_cfg.adapter_path is None and eval_cfg.base_model is None:
+        raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
+    merged = Path(eval_cfg.merged) if eval_cfg.merged is not None else None
+    if merged is not None and not merged.is_file():
+        raise UserError(f"merged file not found: {merged}")
+    adapter = Path(eval_cfg.adapter_path) if eval_cfg.adapter_path is not None else None
+    run = None
+    if adapter is not None and adapter.exists() and not _only_a_stub(adapter):
+        if not (adapter / RUN_CONFIG).is_file():
+            raise UserError(f"{adapter}: no {RUN_CONFIG}; pass a run folder written by `connectodistill train`")
+        run = json.loads((adapter / RUN_CONFIG).read_text())
+    remote = declare(remote_cfg)
+
+    with modal_errors(remote_cfg):
+        runs = boundary.volume(remote_cfg.runs_volume)
+        links: dict[str, str] = {}
+        uploads: list[tuple[str, Path | None, str]] = []  # (path as given, local path, volume)
+        if adapter is not None and run is None:  # not here: look for it on the runs volume
+            key = f"{TRAIN_DIR}/{adapter.name}"
+            run = read_json(runs, f"{key}/{RUN_CONFIG}")
+            if run is None:
+                raise UserError(f"adapter {adapter} not found here nor on the runs volume "
+                                f"{remote_cfg.runs_volume}, finished (`connectodistill fetch` lists what is there)")
+            links[str(adapter)] = f"runs/{key}"
+        elif adapter is not None:
+            uploads.append((str(adapter), adapter, "datasets"))
+        run = run or {}
+        report = _merge_report(merged) if merged is not None else {}
+        # The benchmark and base model evaluate() will load: local ones are uploaded too.
+        dataset = eval_cfg.dataset_name or run.get("dataset_name") or report.get("dataset_name") or DEFAULT_DATASET
+        base_model = eval_cfg.base_model or run.get("base_model")
+        base_local = _local_input(base_model, "base model")
+        uploads += [(str(dataset), _local_input(dataset, "benchmark"), "datasets"),
+                    (str(base_model), base_local, "models")]
+        if merged is not None:
+            uploads.append((str(merged), merged, "datasets"))
+        for original, local, mount in uploads:
+            if local is not None:
+                links[original] = upload(boundary.volume(getattr(remote_cfg, f"{mount}_volume")), mount, local)
+
+        name = eval_cfg.name or _default_eval_name(eval_cfg, base_model, run, report)
+        if _run_status(runs, EVAL_DIR, name, None)["status"] == RUNNING:
+            raise UserError(f"an eval named {name} is still running on Modal: wait for it "
+                            f"(`connectodistill fetch {name} --follow`) or pass --name")
+        kwargs = dict(settings={**eval_cfg.model_dump(mode="json"), "name": name}, links=links,
+                      runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume)
+        job = Job(EVAL_DIR, name, str(Path(eval_cfg.output_dir) / name), res.eval_gpu, res.eval_timeout)
+        return _submit(remote, remote.evaluate, kwargs, job, remote_cfg, runs,
+                       hub_model=base_model if base_model and base_local is None else None)
+
+
+def _ask(question: str) -> bool:
+    """Ask on the terminal; without one, refuse (a fan-out bills several GPUs at once)."""
+    if not sys.stdin.isatty():
+        raise UserError("a remote fan-out starts several GPU containers: pass --yes to start it without a question")
+    from rich.prompt import Confirm
+
+    return Confirm.ask(question, default=False)
+
+
+def _submit(remote, fn, kwargs: dict, job: Job, rc: RemoteConfig, runs, hub_model: str | None) -> Path | None:
+    """Weights first (CPU), then spawn in a detached app; wait unless --detach; download."""
+    verb = "training" if job.kind == TRAIN_DIR else "evaluating"
+    say(f"{verb} {job.name} on Modal ({job.gpu}, at most {_hours(job.timeout)} per attempt)")
+    interrupted, lost, state = False, None, None
+    with boundary.running(remote.app):
+        if hub_model:
+            _prefetch(remote, rc, hub_model)
+        (handle,) = spawn_all(fn, [{**kwargs, "call_token": job.token}]).handles
+        if handle.exception is not None:
+            raise handle.exception
+        job.call_id = handle.call_id
+        _record(runs, job)
+        if rc.detach:
+            _say_started(job, "detached")
+            return None
+        say(f"call {job.call_id}: closing this terminal leaves it running "
+            f"(`connectodistill fetch {job.name} --follow` reconnects)")
+        try:
+            state = wait_call(handle.call, WAIT_SLICE_SECONDS)
+        except KeyboardInterrupt:
+            interrupted = True
+        except Exception as e:
+            if not _is_connection_error(e):
+                raise
+            lost = e
+    if interrupted:
+        _say_started(job, "stopped waiting")
+        raise KeyboardInterrupt
+    if lost is not None:
+        raise UserError(f"lost the connection to Modal ({first_line(lost)}); {job.name} keeps running: "
+                        f"`connectodistill fetch {job.name} --follow`") from lost
+    if state is None:  # a detached app.run() swallows a Ctrl-C that came before the wait
+        raise KeyboardInterrupt
+    return _collect(runs, job, state, rc)
+
+
+def _collect(runs, job: Job, state: CallState, rc: RemoteConfig) -> Path:
+    if state.status != FINISHED:
+        raise UserError(_failure_line(job.name, job.kind, state, rc))
+    return download(runs, f"{job.kind}/{job.name}", Path(job.local_dir))
+
+
+def _prefetch(remote, rc: RemoteConfig, model: str) -> None:
+    """The student's weights into the models volume on a CPU container, before any GPU starts;
+    a gated or unauthorised repo stops here with one line. Skipped once they are there."""
+    if listdir(boundary.volume(rc.models_volume), f"{PREFETCH_DIR}/{marker_name(model)}"):
+        say(f"{model}: weights already on the models volume")
+        return
+    say(f"{model}: downloading the weights into the models volume {rc.models_volume} (CPU, once)")
+    from modal.exception import Error as ModalError
+
+    try:
+        result = boundary.call(remote.prefetch, model=model, models_volume=rc.models_volume)
+    except ModalError:
+        raise
+    except Exception as e:  # the function's own exception, after its retries
+        raise UserError(f"downloading {model} failed: {first_line(e)}") from e
+    state = outcome_of(result)
+    if state.status == FAILED:
+        raise UserError(_failure_line(model, "weights", state, rc))
+    say(f"{model}: weights on the models volume")
+
+
+def _failure_line(name: str, kind: str, state: CallState, rc: RemoteConfig) -> str:
+    """One line for a failed call, with what to do about it."""
+    error, reason = state.error or state.status, state.reason
+    if reason == "bad input":
+        return error  # the same line as a local run
+    hints = {
+        "out of memory": "try --batch-size 1, a smaller --max-pixels, --load-in-4bit or a larger --gpu",
+        "gated": "accept the model's terms on huggingface.co with the account whose token is in the Modal "
+                 f"secret {rc.hf_secret} (or export HF_TOKEN here)",
+        "hub auth": f"check the HF_TOKEN in the Modal secret {rc.hf_secret} (or export HF_TOKEN here)",
+        "hub not found": "check the model id; a private repo needs HF_TOKEN",
+        "timeout": (f"continue it with `connectodistill train --remote --resume --run-dir {name}` "
+                    "(and a larger --timeout)") if kind == TRAIN_DIR else "raise --timeout",
+        "missing module": "the image lacks a package: refresh the lock (docs/modal.md)",
+    }
+    what = state.status if state.status in (CANCELLED, EXPIRED) else "failed"
+    line = f"{name} {what} on Modal: {error}"
+    return f"{line}; {hints[reason]}" if reason in hints else line
+
+
+def _record(runs, job: Job) -> None:
+    """The call id on the runs volume and in the local stub (so a closed laptop loses nothing)."""
+    record = asdict(job)
+    record["local_dir"] = str(Path(job.local_dir).resolve())
+    local = Path(job.local_dir)
+    local.mkdir(parents=True, exist_ok=True)
+    (local / STUB).write_text(json.dumps(record, indent=2))
+    write_json(runs, job.key, record)
+
+
+def _say_started(job: Job, how: str) -> None:
+    say(f"{how}: {job.name} runs on Modal (call {job.call_id}), also with this machine off.\n"
+        f"  connectodistill fetch                        # status of every run; downloads finished ones\n"
+        f"  connectodistill fetch {job.name} --follow   # stream its logs, then download\n"
+        f"  connectodistill fetch {job.name} --cancel   # stop it")
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    from .calls import client_errors
+
+    return isinstance(e, (*client_errors(), OSError)) and not isinstance(e, TimeoutError)
+
+
+def _hours(seconds: int) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+
+
+def _only_a_stub(folder: Path) -> bool:
+    return folder.is_dir() and (folder / STUB).is_file() and not (folder / RUN_CONFIG).is_file()
+
+
+# ============================================================================ names and inputs
+def _local_input(value: str | os.PathLike | None, what: str) -> Path | None:
+    """A local file/folder to upload, or None for a Hugging Face id (the same rule the loaders
+    use); a local-looking path that does not exist is a UserError."""
+    if value is None:
+        return None
+    from .. import data, modeling
+
+    text = str(value)
+    looks_local = data._looks_local if what == "benchmark" else modeling._looks_local
+    if Path(text).exists():
+        return Path(text)
+    if looks_local(text):
+        raise UserError(f"{what} not found: {text} (neither a local path nor a Hugging Face id)")
+    return None
+
+
+def _remote_run_name(cfg: TrainConfig, runs, merged: Path) -> str:
+    """The run folder name: given (--run-dir), the newest to --resume, or a new one."""
+    if cfg.run_dir is None and not cfg.resume:
+        import pyarrow.parquet as pq
+
+        from ..training import run_folder_name
+
+        teachers = []
+        if "teacher_model" in pq.read_schema(merged).names:
+            teachers = pq.read_table(merged, columns=["teacher_model"]).column(0).to_pylist()
+        return run_folder_name(cfg, sorted({m for m in teachers if isinstance(m, str)}), 0)
+    # Runs with a folder, or only a call record (say, cancelled before their first checkpoint).
+    existing = {PurePosixPath(e.path).name[: -len(".json")]: {"modified": stamp(e.mtime)}
+                for e in listdir(runs, f"{CALLS_DIR}/{TRAIN_DIR}") if e.path.endswith(".json")
+                and not e.path.endswith(".outcome.json")}
+    existing.update({r["name"]: r for r in list_folders(runs) if r["kind"] == TRAIN_DIR})
+    if cfg.run_dir is None:  # --resume: the newest run of that name
+        match = [n for n in existing if cfg.run_name is None or f"_{cfg.run_name}_" in n]
+        if not match:
+            raise UserError("--resume: no matching run on the runs volume; pass --run-dir NAME")
+        name = max(match, key=lambda n: existing[n]["modified"])
+    else:
+        name = Path(cfg.run_dir).name
+        if cfg.resume and name not in existing:
+            raise UserError(f"--resume: no run {name} on the runs volume (see `connectodistill fetch`)")
+        if not cfg.resume and name in existing:
+            raise UserError(f"run {name} already exists on the runs volume: pass --resume to continue it")
+    folder = next((r for r in list_folders(runs) if r["kind"] == TRAIN_DIR and r["name"] == name), None)
+    if cfg.resume and _run_status(runs, TRAIN_DIR, name, folder)["status"] == RUNNING:
+        raise UserError(f"{name} is still running on Modal: wait for it (`connectodistill fetch {name} --follow`) "
+                        f"or stop it (`connectodistill fetch {name} --cancel`) before resuming")
+    return name
+
+
+def _default_eval_name(cfg: EvalConfig, base_model: str | None, run: dict, report: dict) -> str:
+    """The name evaluate() would give, fixed here so a detached call can be fetched by it."""
+    from ..evaluation import default_name
+
+    split = cfg.split or ("test" if (run.get("splits") or report.get("splits")) else "all")
+    return default_name(cfg, {"base_model": base_model or ""}, split)
+
+
+def _merge_report(merged: Path) -> dict:
+    """The merge report stored in the parquet's schema metadata (dataset name, split lists)."""
+    import pyarrow.parquet as pq
+
+    from ..data import METADATA_KEY
+
+    raw = (pq.read_schema(merged).metadata or {}).get(METADATA_KEY.encode())
+    return json.loads(raw) if raw else {}
+
+
+# ============================================================================ status
+def _run_status(runs, kind: str, name: str, folder: dict | None, records: set[str] | None = None) -> dict:
+    """Where one run stands: the container's outcome, else Modal's answer for the call id, else
+    what its folder shows. Returns name, kind, status, detail, modified, call_id, local_dir.
+    ``records``: the file names under ``calls/<kind>/`` if already listed (saves requests)."""
+
+    def read(file: str) -> dict | None:
+        if records is not None and file not in records:
+            return None
+        return read_json(runs, f"{CALLS_DIR}/{kind}/{file}")
+
+    rec, outcome = read(f"{name}.json"), read(f"{name}.outcome.json")
+    row = {"name": name, "kind": kind, "status": "stopped", "detail": "",
+           "modified": folder["modified"] if folder else "", "call_id": (rec or {}).get("call_id"),
+           "local_dir": (rec or {}).get("local_dir"), "token": (rec or {}).get("token")}
+    if rec is not None and not row["modified"]:
+        row["modified"] = _local_time(rec.get("started"))
+    if outcome is not None and (rec is None or outcome.get("token") == rec.get("token")):
+        row["status"], row["detail"] = outcome["status"], outcome.get("error") or ""
+        row["reason"] = outcome.get("reason")
+        return row
+    if rec is not None and rec.get("call_id"):
+        state = poll_call(boundary.call_from_id(rec["call_id"]))
+        if state.status != EXPIRED:
+            row.update(status=state.status, reason=state.reason, detail=state.error or (
+                f"started {_local_time(rec.get('started'))}" if state.status == RUNNING else ""))
+            return row
+    if folder is not None and folder["finished"]:
+        row["status"] = FINISHED
+    else:  # no call running (or none known), no final output
+        row["status"] = "stopped"
+        row["detail"] = (f"continue with `train --remote --resume --run-dir {name}`" if kind == TRAIN_DIR
+                         else "no output on the volume")
+    return row
+
+
+def list_runs(volume) -> list[dict]:
+    """Every run and eval on the runs volume with its status (oldest first): name, kind, status
+    (running, finished, failed, cancelled, stopped), detail (the error line), modified, call_id."""
+    folders = {(r["kind"], r["name"]): r for r in list_folders(volume)}
+    keys, records = set(folders), {}
+    for kind in (TRAIN_DIR, EVAL_DIR):
+        records[kind] = {PurePosixPath(e.path).name for e in listdir(volume, f"{CALLS_DIR}/{kind}")}
+        keys |= {(kind, f[: -len(".json")]) for f in records[kind]
+                 if f.endswith(".json") and not f.endswith(".outcome.json")}
+    rows = [_run_status(volume, kind, name, folders.get((kind, name)), records[kind]) for kind, name in keys]
+    return sorted(rows, key=lambda r: (r["modified"], r["name"]))
+
+
+def fetch(name: str | None, output_dir: Path | None, remote_cfg: RemoteConfig, *,
+          follow: bool = False, cancel: bool = False) -> Path | list[dict] | dict:
+    """Without a name: list every run with its status, and download the finished ones started
+    from this machine that are not here yet. With a name: download it (``output_dir/name``, or
+    where it was started), ``follow`` it while it runs, or ``cancel`` it."""
+    with modal_errors(remote_cfg):
+        runs = boundary.volume(remote_cfg.runs_volume, create=False)
+        if name is None:
+            rows = list_runs(runs)
+            _print_runs(rows, remote_cfg.runs_volume)
+            for row in rows:
+                if row["status"] == FINISHED and _waiting_here(row):
+                    download(runs, f"{row['kind']}/{row['name']}", Path(row["local_dir"]))
+            return rows
+        name = PurePosixPath(name).name
+        row = _find(runs, name, remote_cfg)
+        if cancel:
+            return _cancel(runs, row)
+        if row["status"] == RUNNING and follow:
+            state = _follow(row)
+            row = {**row, "status": state.status, "detail": state.error or "", "reason": state.reason}
+        if row["status"] == RUNNING:
+            say(f"{name} is still running on Modal ({row['detail']}): "
+                f"`connectodistill fetch {name} --follow` waits for it and downloads it")
+            return row
+        if row["status"] in (FAILED, CANCELLED):
+            line = _failure_line(name, row["kind"], CallState(
+                row["status"], reason=row.get("reason"), error=row["detail"]), remote_cfg)
+            raise UserError(line if line.startswith(name) else f"{name} failed on Modal: {line}")
+        if row["status"] != FINISHED and not _done_on_volume(runs, row):  # stopped
+            raise UserError(f"{name} did not finish ({row['detail'] or row['status']})")
+        where = Path(output_dir) / name if output_dir is not None else Path(row.get("local_dir") or name)
+        return download(runs, f"{row['kind']}/{name}", where)
+
+
+def _find(runs, name: str, rc: RemoteConfig) -> dict:
+    folders = {(r["kind"], r["name"]): r for r in list_folders(runs)}
+    for kind in (TRAIN_DIR, EVAL_DIR):
+        if (kind, name) in folders or listdir(runs, f"{CALLS_DIR}/{kind}/{name}.json"):
+            return _run_status(runs, kind, name, folders.get((kind, name)))
+    raise UserError(f"nothing named {name} on the runs volume {rc.runs_volume}; "
+                    "`connectodistill fetch` lists what is there")
+
+
+def _done_on_volume(runs, row: dict) -> bool:
+    return bool(listdir(runs, f"{row['kind']}/{row['name']}/{DONE_MARKER[row['kind']]}"))
+
+
+def _waiting_here(row: dict) -> bool:
+    """Started from this machine (its stub is here) and not downloaded yet."""
+    local = Path(row["local_dir"]) if row.get("local_dir") else None
+    return bool(local and (local / STUB).is_file() and not (local / DONE_MARKER[row["kind"]]).is_file())
+
+
+def _cancel(runs, row: dict) -> dict:
+    name = row["name"]
+    if row["status"] != RUNNING:
+        say(f"{name} is {row['status']}: nothing to cancel")
+        return row
+    boundary.call_from_id(row["call_id"]).cancel(terminate_containers=True)
+    write_json(runs, f"{CALLS_DIR}/{row['kind']}/{name}.outcome.json",
+               {"name": name, "status": CANCELLED, "reason": "cancelled", "error": "cancelled with fetch --cancel",
+                "token": row.get("token"), "ended": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    after = f"; its checkpoints (if any) stay: continue with `connectodistill train --remote --resume --run-dir {name}`"
+    say(f"cancelled {name}" + (after if row["kind"] == TRAIN_DIR else ""))
+    return {**row, "status": CANCELLED, "detail": "cancelled with fetch --cancel"}
+
+
+def _follow(row: dict) -> CallState:
+    """Stream a running call's logs (the last lines, then new ones) until it ends."""
+    call = boundary.call_from_id(row["call_id"])
+    stop = threading.Event()
+
+    def logs():
+        try:
+            for line in boundary.log_lines(call):
+                if stop.is_set():
+                    return
+                sys.stderr.write(line if line.endswith(("\n", "\r")) else line + "\n")
+                sys.stderr.flush()
+        except Exception as e:  # noqa: BLE001 - logs are best effort; the wait decides
+            say(f"(log stream ended: {first_line(e)})")
+
+    say(f"following {row['name']} (call {row['call_id']}); Ctrl-C stops following, not the job")
+    thread = threading.Thread(target=logs, daemon=True)
+    thread.start()
+    try:
+        return wait_call(call, WAIT_SLICE_SECONDS)
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+
+
+def _print_runs(rows: list[dict], volume_name: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"Modal volume {volume_name}",
+                  caption="stopped = no call running and no final output: continue a run with "
+                  "`train --remote --resume --run-dir NAME`")
+    for col in ("name", "kind", "status", "detail", "modified"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["name"], r["kind"], r["status"], r["detail"], r["modified"])
+    Console().print(table)
+
+
+def _local_time(iso: str | None) -> str:
+    if not iso:
+        return ""
+    return datetime.fromisoformat(iso).astimezone().replace(tzinfo=None).isoformat(" ", "seconds")
+
+
+# ============================================================================ remote check
+def remote_check(remote_cfg: RemoteConfig, *, gpu: str | None = None, model: str | None = None) -> dict:
+    """``connectodistill remote check``: two short calls on the very image the runs use.
+
+    The first imports the package, runs ``python -m connectodistill --help`` from a temporary
+    folder (as the multi-GPU launch does), writes and commits a file to each volume, checks Hub
+    access to ``model`` and reports the library versions; the second (a fresh container) reads
+    the files back. Raises a UserError naming the checks that failed.
+    """
+    remote = declare(remote_cfg, check_gpu=gpu)
+    volumes = {mount: getattr(remote_cfg, f"{mount}_volume") for mount in MOUNTS}
+    token = uuid.uuid4().hex
+    say(f"checking Modal with app {remote_cfg.app_name} on {gpu or 'CPU'} (builds the image the first time)")
+    first = second = None
+    with modal_errors(remote_cfg), boundary.running(remote.app, detach=False):
+        first = boundary.call(remote.check, step="write", token=token, volumes=volumes, model=model,
+                              expect_gpu=gpu is not None)
+        second = boundary.call(remote.check, step="read", token=token, volumes=volumes)
+    if second is None:  # app.run() swallowed a Ctrl-C
+        raise KeyboardInterrupt
+    checks = [*first["checks"], *second["checks"]]
+    locked = read_lock().pins
+    drift = [f"{lib} {v} (lock: {locked[lib.replace('_', '-')]})" for lib, v in first["versions"].items()
+             if lib.replace("_", "-") in locked and locked[lib.replace("_", "-")] != v]
+    checks.append({"check": "image versions match the lock", "ok": not drift, "detail": "; ".join(drift)})
+    report = {"checks": checks, "versions": first["versions"], "python": first["python"],
+              "hf_token": first["hf_token"]}
+    _print_check(report)
+    if failed := [c["check"] for c in checks if not c["ok"]]:
+        raise UserError(f"remote check failed: {'; '.join(failed)}")
+    return report
+
+
+def _print_check(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="connectodistill remote check")
+    for col in ("check", "ok", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in report["checks"]:
+        table.add_row(c["check"], "yes" if c["ok"] else "NO", c["detail"])
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    Console().print(table)
+    Console().print(f"image: Python {report['python']}; {versions}; HF_TOKEN "
+                    f"{'set' if report['hf_token'] else 'not set'}")

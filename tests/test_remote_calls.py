@@ -1,0 +1,168 @@
+"""The fan-out primitive (``spawn_all`` / ``Fanout``) and the call status vocabulary, on fake
+``FunctionCall`` objects: what cross-validation folds, sweep points and predict shards will use."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from connectodistill.remote import boundary
+from connectodistill.remote.calls import (
+    CANCELLED,
+    EXPIRED,
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Fanout,
+    poll_call,
+    spawn_all,
+)
+from remote_fakes import DEPRECATIONS_ARE_ERRORS, FakeCall, Offline
+
+pytestmark = pytest.mark.filterwarnings(DEPRECATIONS_ARE_ERRORS)
+
+
+def square(x: int, fail: str | None = None) -> dict:
+    if fail == "raise":
+        raise RuntimeError(f"node lost while on {x}")
+    if fail == "return":
+        return {"status": "failed", "reason": "out of memory", "error": f"CUDA out of memory on {x}"}
+    return {"x": x, "y": x * x}
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    off = Offline(tmp_path / "volumes").install(monkeypatch)
+    off.hold = True  # every call runs until released
+    off.run = lambda fn, kwargs: fn(**kwargs)
+    return off
+
+
+def release(offline, *ids):
+    for i in ids:
+        offline.by_id[i].hold = False
+
+
+def test_at_most_max_parallel_run_and_the_rest_start_as_slots_free(offline):
+    fan = spawn_all(square, [{"x": i} for i in range(5)], max_parallel=2)
+    assert [h.status for h in fan.handles] == [RUNNING, RUNNING, QUEUED, QUEUED, QUEUED]
+    assert [h.call_id for h in fan.handles[:2]] == ["fc-1", "fc-2"]
+    fan.poll()
+    assert fan.counts() == {RUNNING: 2, QUEUED: 3}  # nothing finished: nothing new started
+    release(offline, "fc-2")
+    fan.poll()
+    assert [h.status for h in fan.handles] == [RUNNING, FINISHED, RUNNING, QUEUED, QUEUED]
+    assert all(t == 0 for c in offline.by_id.values() for t in c.gets)  # polls never wait
+
+    changes = []
+
+    def tick(seconds):  # time passes: whatever runs now finishes
+        release(offline, *offline.by_id)
+
+    fan.wait(interval=5, on_change=lambda h: changes.append((h.index, h.status)), sleep=tick)
+    assert fan.results() == [{"x": i, "y": i * i} for i in range(5)]
+    assert sorted(changes) == [(0, FINISHED), (2, FINISHED), (3, FINISHED), (3, RUNNING), (4, FINISHED),
+                               (4, RUNNING)]
+    assert len(offline.calls) == 5
+
+
+def test_partial_failure_loses_nothing_and_only_the_failed_are_retried(offline):
+    inputs = [{"x": 1}, {"x": 2, "fail": "raise"}, {"x": 3, "fail": "return"}, {"x": 4}]
+    fan = spawn_all(square, inputs)
+    release(offline, *offline.by_id)
+    fan.poll()
+    assert [h.status for h in fan.handles] == [FINISHED, FAILED, FAILED, FINISHED]
+    raised, returned = fan.failed()
+    assert (raised.reason, raised.error) == ("RuntimeError", "node lost while on 2")
+    assert (returned.reason, returned.error) == ("out of memory", "CUDA out of memory on 3")
+    assert fan.results() == [{"x": 1, "y": 1}, None, None, {"x": 4, "y": 16}]
+    records = json.loads(json.dumps(fan.records()))  # JSON: can be kept on a volume
+    assert [r["call_id"] for r in records] == ["fc-1", "fc-2", "fc-3", "fc-4"]
+    assert records[1]["error"] == "node lost while on 2" and records[1]["kwargs"] == inputs[1]
+
+    for h in fan.failed():  # fixed: run them again, the finished ones are kept
+        h.kwargs.pop("fail")
+    offline.hold = False
+    fan.retry_failed()
+    assert [h.call_id for h in fan.handles] == ["fc-1", "fc-5", "fc-6", "fc-4"]
+    fan.wait(sleep=lambda s: None)
+    assert fan.results() == [{"x": i, "y": i * i} for i in (1, 2, 3, 4)]
+    assert len(offline.calls) == 6
+
+
+def test_an_input_that_cannot_start_does_not_stop_the_others(offline, monkeypatch):
+    real = boundary.spawn
+
+    def spawn(fn, **kwargs):
+        if kwargs["x"] == 2:
+            raise ValueError("argument too large to send")
+        return real(fn, **kwargs)
+
+    monkeypatch.setattr(boundary, "spawn", spawn)
+    fan = spawn_all(square, [{"x": 1}, {"x": 2}, {"x": 3}])
+    assert [h.status for h in fan.handles] == [RUNNING, FAILED, RUNNING]
+    assert fan.handles[1].reason == "not started" and isinstance(fan.handles[1].exception, ValueError)
+
+
+def test_a_later_process_resumes_a_fanout_from_its_records(offline):
+    fan = spawn_all(square, [{"x": i} for i in range(4)], max_parallel=2)
+    release(offline, "fc-1")
+    fan.poll()
+    records = json.loads(json.dumps(fan.records()))  # what the first process left
+    assert [r["status"] for r in records] == [FINISHED, RUNNING, RUNNING, QUEUED]
+
+    again = Fanout.resume(square, records, max_parallel=2)
+    assert again.handles[1].call is offline.by_id["fc-2"]  # re-attached by id, not re-run
+    offline.hold = False
+    release(offline, *offline.by_id)
+    again.wait(sleep=lambda s: None)
+    assert [h.status for h in again.handles] == [FINISHED] * 4
+    assert again.handles[0].result is None  # finished before: its result was in the first process
+    assert [h.result for h in again.handles[1:]] == [{"x": i, "y": i * i} for i in (1, 2, 3)]
+    assert len(offline.calls) == 4  # nothing spawned twice
+
+
+def test_cancel_stops_running_calls_and_drops_queued_ones(offline):
+    fan = spawn_all(square, [{"x": i} for i in range(3)], max_parallel=2)
+    fan.cancel()
+    assert [h.status for h in fan.handles] == [CANCELLED] * 3
+    assert [c.terminated for c in offline.by_id.values()] == [True, True]
+    assert len(offline.calls) == 2
+
+
+def test_max_parallel_must_be_positive():
+    with pytest.raises(ValueError):
+        Fanout(square, [{"x": 1}], max_parallel=0)
+
+
+class Raises:
+    object_id = "fc-x"
+
+    def __init__(self, exc):
+        self.exc = exc
+
+    def get(self, timeout=None):
+        raise self.exc
+
+
+def test_poll_call_maps_each_way_a_call_can_end():
+    from modal import exception
+
+    cases = [
+        (TimeoutError(), RUNNING, None),
+        (exception.OutputExpiredError(), EXPIRED, None),
+        (exception.FunctionTimeoutError("Function timed out after 3600s"), FAILED, "timeout"),
+        (exception.RemoteError("Function call was cancelled by the user"), CANCELLED, "cancelled"),
+        (exception.NotFoundError("FunctionCall fc-x not found"), EXPIRED, None),
+        (KeyError("splits"), FAILED, "KeyError"),
+    ]
+    for exc, status, reason in cases:
+        state = poll_call(Raises(exc))
+        assert (state.status, state.reason) == (status, reason), exc
+    for exc in (exception.ConnectionError("Deadline exceeded"), exception.AuthError("Token missing")):
+        with pytest.raises(type(exc)):  # this machine cannot ask: not the call's failure
+            poll_call(Raises(exc))
+    done = FakeCall(square, {"x": 3}, "fc-y", run=lambda fn, kw: fn(**kw))
+    assert poll_call(done).result == {"x": 3, "y": 9}
