@@ -26,6 +26,8 @@ TABLE_COLUMNS = (
     "unparsed_rate", "sample_ids_hash", "same_samples", "note",
     "paired_n", "delta_vs_teacher", "delta_vs_teacher_ci", "delta_vs_teacher_unpaired_ci", "mcnemar_p",
     "delta_vs_teacher_single", "delta_vs_teacher_single_ci",
+    *("confidence", "ece", "brier", "aurc", "coverage_at_0.95", "triage_threshold", "triage_coverage",
+      "triage_accuracy", "reading"),  # calibration and triage (the functions at the end)
 )
 
 
@@ -83,9 +85,8 @@ def cluster_bootstrap(responses, n_bootstrap: int = 1000, seed: int = 0) -> dict
     """
     import numpy as np
 
-    from .task import LETTERS
-
     from .statistics import group_index, group_weights
+    from .task import LETTERS
 
     g = responses.groupby(list(ID_COLUMNS))
     n = g.size().to_numpy(float)
@@ -194,13 +195,16 @@ def report(config: ReportConfig | None = None, **overrides) -> Path:
             teacher_done.add(h)
             truth = {(int(p), int(c)): t for p, c, t in
                      zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], preds["ground_truth_letter"], strict=True)}
-            rows += teacher_rows(responses, truth, h)
+            rows += with_teacher_confidence(teacher_rows(responses, truth, h), responses, preds, cfg.merged,
+                                            _target(loaded))
     for folder, summary, preds in loaded:
         note = "INCLUDES TRAIN SAMPLES" if summary.get("includes_train_samples") else ""
         row = _row(summary.get("name", folder.name), summary, summary["sample_ids_hash"], note)
         if responses is not None:  # paired against the teacher on the same ids
             row.update(paired_vs_teacher(preds, responses))
-        rows.append(row)
+        rows.append({**row, **student_confidence(folder, summary, preds)})
+        if "vote_letters" in preds:  # self-consistency: the majority of its K sampled responses
+            rows.append(vote_row(row, summary, preds, responses))
 
     reference = loaded[0][1]["sample_ids_hash"]  # the first result's samples
     for r in rows:
@@ -240,6 +244,7 @@ def to_markdown(table) -> str:
         lines += ["", "Paired against the teacher's majority vote, on the same samples (difference in "
                   "accuracy, 95% paired bootstrap interval, exact McNemar p):", ""]
         lines += [f"- {p}" for p in paired]
+    lines += confidence_markdown(table)
     lines.append("")
     lines.append("Intervals: percentile bootstrap over leak-proof groups (samples sharing an id); for "
                  "'teacher (all responses)' whole groups with all their responses are resampled. "
@@ -264,3 +269,171 @@ def print_table(table) -> None:
     for r in table.to_dict("records"):
         if not r["model"].startswith("teacher") and (line := describe_delta(r)):
             console.print(line)
+    for r in table.to_dict("records"):
+        if isinstance(r.get("reading"), str) and r["reading"]:
+            console.print(f"{r['model']}: {r['reading']}")
+
+
+# ----------------------------------------------------------------------------- confidence
+# Per row: the confidence it is judged by (letter probability for a model, vote share for a
+# majority), its ECE, Brier score, AURC and coverage at 95% accuracy (calibration.py), and a
+# triage read out: the threshold chosen on val, applied to the row's samples.
+def _target(loaded) -> float:
+    """The triage target of the results (the first that has one), else 0.95."""
+    for _, summary, _ in loaded:
+        if (summary.get("triage") or {}).get("target_accuracy"):
+            return float(summary["triage"]["target_accuracy"])
+    return 0.95
+
+
+def _figures(confidence, correct, probs, truth, unit: str = "segments") -> dict:
+    """ECE, Brier, AURC and coverage at 95% of one row, and a reading at the 95% threshold set
+    in hindsight on these samples (a row with a val-chosen triage replaces it)."""
+    from .calibration import aurc as area
+    from .calibration import brier, coverage_at_accuracy, ece, reading, selective, threshold_for
+
+    t = selective(confidence, correct, threshold_for(confidence, correct, 0.95))
+    return {"ece": ece(confidence, correct), "brier": brier(probs, truth) if probs is not None else None,
+            "aurc": area(confidence, correct), "coverage_at_0.95": coverage_at_accuracy(confidence, correct, 0.95),
+            "reading": f"{reading(t['coverage'], t['accuracy'], unit)} (95% threshold set on these same samples)"}
+
+
+def student_confidence(folder: Path, summary: dict, preds) -> dict:
+    """A result's letter-probability figures, from its predictions (pooled ones too) and triage.csv."""
+    from .calibration import LETTER_COLUMNS
+
+    if "confidence" not in preds:
+        return {}
+    out = _figures(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
+                   preds[list(LETTER_COLUMNS)].to_numpy(float), preds["ground_truth_letter"].tolist())
+    triage = summary.get("triage")
+    if triage and (folder / "triage.csv").is_file():  # the accepted samples, as eval decided them
+        from .calibration import reading
+        from .evaluation import read_predictions
+
+        t = read_predictions(folder / "triage.csv").merge(preds[[*ID_COLUMNS, "correct"]], on=list(ID_COLUMNS))
+        auto = t["decision"] == "auto"
+        cov, acc = float(auto.mean()), (float(t.loc[auto, "correct"].mean()) if auto.any() else None)
+        pooled = "cross_validation" in summary
+        thr = None if pooled else triage["threshold"]
+        where = "each fold's own val samples" if pooled else f"{triage['val']['n']} val samples"
+        out.update(triage_threshold=thr, triage_coverage=cov, triage_accuracy=acc,
+                   reading=f"{reading(cov, acc)} (target {triage['target_accuracy']:.0%}, threshold chosen on {where})")
+    return {"confidence": "letter probability", **out}
+
+
+def vote_row(row: dict, summary: dict, preds, responses) -> dict:
+    """The row of a result's majority of K sampled responses, judged by its vote share."""
+    import numpy as np
+
+    from .calibration import vote_distribution
+
+    truth = preds["ground_truth_letter"].tolist()
+    letters = _none(preds["vote_letter"].tolist())
+    correct = np.array([x == t for x, t in zip(letters, truth, strict=True)])
+    from .scoring import classification_metrics
+
+    groups = preds["split_group"].to_numpy() if "split_group" in preds else None
+    m = classification_metrics(truth, letters, groups=groups)
+    k = len(str(preds["vote_letters"].iloc[0]))
+    out = _row(f"{row['model']} (majority of {k})", m, row["sample_ids_hash"], row.get("note", ""))
+    if responses is not None:
+        out.update(paired_vs_teacher(preds.assign(correct=correct), responses))
+    dist = np.stack([vote_distribution([c if c != "-" else None for c in str(v)]) for v in preds["vote_letters"]])
+    out.update(confidence="vote share", **_figures(preds["vote_share"].to_numpy(float), correct, dist, truth))
+    return out
+
+
+def _answers(responses) -> dict:
+    """Sample ids -> the letters (None: unparsed) of the teacher's responses to it."""
+    return {(int(k[0]), int(k[1])): _none(g["teacher_answer"].tolist())
+            for k, g in responses.groupby(list(ID_COLUMNS))}
+
+
+def _teacher_votes(answers: dict, keys) -> tuple[list, list, list]:
+    """Per sample of ``keys``: the majority letter, its vote share and the vote distribution
+    (a sample without a response: None, 0 and all zeros)."""
+    from .calibration import vote_distribution
+    from .scoring import majority_vote
+
+    votes = [majority_vote(answers.get(k, [])) for k in keys]
+    return [v[0] for v in votes], [v[1] for v in votes], [vote_distribution(answers.get(k, [])) for k in keys]
+
+
+def with_teacher_confidence(rows: list[dict], responses, preds, merged, target: float) -> list[dict]:
+    """The teacher rows with their vote-share figures on ``preds``' samples; the majority vote
+    also with a triage whose threshold is chosen on the val samples' responses only (for a
+    cross-validation result, per fold on that fold's val samples)."""
+    import numpy as np
+
+    from .calibration import reading, threshold_for
+    from .data import read_merged
+    from .task import LETTERS
+
+    answers = _answers(responses)
+    keys = [(int(p), int(c)) for p, c in zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], strict=True)]
+    truth = preds["ground_truth_letter"].tolist()
+    letters, share, dist = _teacher_votes(answers, keys)
+    share = np.array(share, dtype=float)
+    correct = np.array([x == t for x, t in zip(letters, truth, strict=True)], dtype=float)
+    # Triage: each part of the samples gets the threshold chosen on its own val samples.
+    meta = read_merged(merged, columns=[])[1]
+    if "fold" in preds and meta.get("fold_splits"):
+        parts = [(meta["fold_splits"][int(f)]["val"], (preds["fold"] == f).to_numpy()) for f in preds["fold"].unique()]
+    else:
+        parts = [((meta.get("splits") or {}).get("val") or [], np.ones(len(keys), dtype=bool))]
+    gt = {(int(p), int(c)): t for p, c, t in zip(responses[ID_COLUMNS[0]], responses[ID_COLUMNS[1]],
+                                                 responses["ground_truth_letter"], strict=True)}
+    accept, thresholds, n_val = np.zeros(len(keys), dtype=bool), [], 0
+    for val_ids, mask in parts:
+        vkeys = [(int(p), int(c)) for p, c in val_ids]
+        vl, vs, _ = _teacher_votes(answers, vkeys)
+        vc = [x is not None and x == gt.get(k) for x, k in zip(vl, vkeys, strict=True)]
+        thr = threshold_for(vs, vc, target) if vkeys else None
+        thresholds.append(thr)
+        n_val += len(vkeys)
+        if thr is not None:
+            accept |= mask & (share >= thr)
+    for r in rows:
+        if r["model"] == "teacher (majority vote)":
+            r.update(confidence="vote share", **_figures(share, correct, np.stack(dist), truth))
+            if n_val:
+                cov = float(accept.mean())
+                acc = float(correct[accept].mean()) if accept.any() else None
+                r.update(triage_threshold=thresholds[0] if len(parts) == 1 else None, triage_coverage=cov,
+                         triage_accuracy=acc, reading=f"{reading(cov, acc)} (target {target:.0%}, threshold "
+                         f"chosen on {n_val} val samples' responses)")
+        elif r["model"] == "teacher (all responses)":
+            # Each response judged by the share of its sample's responses that name its letter.
+            on = set(keys)
+            sel = responses[[(int(p), int(c)) in on for p, c in
+                             zip(responses[ID_COLUMNS[0]], responses[ID_COLUMNS[1]], strict=True)]]
+            rkeys = [(int(p), int(c)) for p, c in zip(sel[ID_COLUMNS[0]], sel[ID_COLUMNS[1]], strict=True)]
+            rdist = np.stack(_teacher_votes(answers, rkeys)[2])
+            conf = np.array([d[LETTERS.index(a)] if a in LETTERS else 0.0
+                             for d, a in zip(rdist, _none(sel["teacher_answer"].tolist()), strict=True)])
+            r.update(confidence="share of its sample's responses agreeing",
+                     **_figures(conf, sel["teacher_correct"].to_numpy(float), rdist,
+                                sel["ground_truth_letter"].tolist(), unit="responses"))
+    return rows
+
+
+def confidence_markdown(table) -> list[str]:
+    """The confidence table and one reading per row (empty without confidence columns)."""
+    import math
+
+    recs = [r for r in table.to_dict("records") if isinstance(r.get("confidence"), str)]
+    if not recs:
+        return []
+
+    def f(v):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+    lines = ["", "Confidence (ECE: 10 equal-width bins; Brier: sum over the seven letters; AURC: area under "
+             "the risk-coverage curve, lower is better; coverage: the largest share, most confident first, "
+             "at least 95% accurate):", "",
+             "| model | confidence | ECE | Brier | AURC | coverage at 95% |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['confidence']} | {f(r['ece'])} | {f(r['brier'])} | {f(r['aurc'])} | "
+              f"{f(r['coverage_at_0.95'])} |" for r in recs]
+    lines += ["", "Triage:", ""] + [f"- {r['model']}: {r['reading']}" for r in recs if isinstance(r.get("reading"), str)]
+    return lines
