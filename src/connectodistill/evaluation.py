@@ -414,8 +414,10 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     # 3d. Triage: the threshold is chosen on the val samples (never these), then applied here.
     triage = val = None
     if cfg.target_accuracy is not None:
+        t0 = time.time()
         val = _val_pass(model, processor, bench, settings, cfg, image_cols)
         triage, summary["triage"] = choose_triage(val, preds, cfg.target_accuracy)
+        summary["triage"]["val_seconds"] = round(time.time() - t0, 2)
 
     # 5. Outputs, written whole or not at all.
     from .data import atomic_write_text
@@ -562,7 +564,7 @@ def choose_triage(val, preds, target: float, column: str = "confidence") -> tupl
     val_keys = set(zip(val["proofread_root_id"], val["current_root_id"], strict=True))
     overlap = sum(k in val_keys for k in zip(preds["proofread_root_id"], preds["current_root_id"], strict=True))
     return triage, {
-        "target_accuracy": target, "confidence": column, "threshold": threshold,
+        "target_accuracy": target, "confidence_column": column, "threshold": threshold,
         "chosen_on": "val", "val": {**on_val, "sample_ids_hash": sample_ids_hash(val["proofread_root_id"],
                                                                                   val["current_root_id"])},
         **here, "evaluated_samples_in_val": overlap,

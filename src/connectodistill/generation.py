@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 
 from .conversation import build_messages
 
-__all__ = ["generate_answers", "render_prompts"]
+__all__ = ["answer_context", "generate_answers", "letter_probabilities", "letter_token_ids", "render_prompts"]
+
+ANSWER_TAG = "<answer>"
 
 
 def render_prompts(processor, prompts: Sequence[str], images: Sequence[list],
@@ -72,3 +74,89 @@ def generate_answers(model, processor, prompts: list[str], images: list[list], *
     finally:
         tok.padding_side = old_side
     return responses
+
+
+def answer_context(response: str) -> str:
+    """A response up to and including its first ``<answer>``; without one, response + ``<answer>``."""
+    i = response.find(ANSWER_TAG)
+    return response[:i + len(ANSWER_TAG)] if i >= 0 else response + ANSWER_TAG
+
+
+def letter_token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """For each text ending in ``<answer>``: the id of the one token each letter a-g adds to it.
+
+    ``text + letter`` is tokenized for the seven letters; the seven sequences must agree on
+    every token but their last, which must differ per letter (it may carry the tag's final
+    characters: a byte-level BPE with Qwen's pre-tokenizer reads ``<answer>a`` as
+    ``<answer`` + ``>a``). Anything else is a UserError: the letter probabilities would
+    not be a distribution over seven single next tokens.
+    """
+    from .errors import UserError
+    from .task import LETTERS
+
+    k = len(LETTERS)
+    enc = tokenizer([t + x for t in texts for x in LETTERS], add_special_tokens=False)["input_ids"]
+    out = []
+    for i, text in enumerate(texts):
+        seqs = [list(s) for s in enc[i * k:(i + 1) * k]]
+        head = seqs[0][:-1]
+        if not (all(len(s) == len(head) + 1 and s[:-1] == head for s in seqs) and len({s[-1] for s in seqs}) == k):
+            tails = {x: tokenizer.convert_ids_to_tokens(s[-3:]) for x, s in zip(LETTERS, seqs, strict=True)}
+            raise UserError(
+                f"tokenizer {type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '?')}) does not "
+                f"make each answer letter one token right after {ANSWER_TAG!r} (after ...{text[-40:]!r} the "
+                f"letters end in {tails}); letter probabilities need one next token per letter"
+            )
+        out.append([s[-1] for s in seqs])
+    return out
+
+
+def letter_probabilities(model, processor, prompts: Sequence[str], images: Sequence[list],
+                         responses: Sequence[str], *, layouts: Sequence[str | None] | None = None,
+                         batch_size: int = 4, progress: Callable[[int], None] | None = None):
+    """The model's distribution over the seven letters at the answer position of each response.
+
+    One teacher-forced forward pass per sample over the rendered prompt (``render_prompts``,
+    the views through the processor as in ``generate_answers``) + ``answer_context(response)``;
+    the next-token probabilities of the seven letter tokens (``letter_token_ids``), renormalised
+    to sum to 1. Batched with left padding, so the answer position is every row's last one.
+    Returns a float64 array of shape (n, 7), columns in the order of ``task.LETTERS``.
+    """
+    import numpy as np
+    import torch
+
+    tok = processor.tokenizer
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    layouts = list(layouts) if layouts is not None else [None] * len(prompts)
+    out = np.zeros((len(prompts), 7))
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = range(start, min(start + batch_size, len(prompts)))
+            texts = [t + answer_context(responses[i]) for t, i in zip(
+                render_prompts(processor, [prompts[i] for i in chunk], [images[i] for i in chunk],
+                               [layouts[i] for i in chunk]), chunk, strict=True)]
+            ids = torch.tensor(letter_token_ids(tok, texts))  # (b, 7)
+            flat = [im for i in chunk for im in images[i]]
+            # Feed text + "a" and drop its last token: the context is then exactly the seven
+            # sequences' shared tokens, whatever the tokenizer merges across the tag.
+            inputs = processor(text=[t + "a" for t in texts], images=flat or None, padding=True,
+                               return_tensors="pt")
+            if not torch.equal(inputs["input_ids"][:, -1], ids[:, 0]):
+                from .errors import UserError
+
+                raise UserError("the processor tokenizes the answer letter differently from its tokenizer")
+            for key in list(inputs.keys()):
+                if key.endswith(("input_ids", "attention_mask", "token_type_ids")):
+                    inputs[key] = inputs[key][:, :-1]
+            inputs = inputs.to(model.device)
+            with torch.no_grad():
+                logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+            picked = logits.gather(1, ids.to(logits.device)).double()
+            out[start:start + len(chunk)] = torch.softmax(picked, dim=-1).cpu().numpy()
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        tok.padding_side = old_side
+    return out

@@ -335,7 +335,7 @@ def vote_row(row: dict, summary: dict, preds, responses) -> dict:
 
     groups = preds["split_group"].to_numpy() if "split_group" in preds else None
     m = classification_metrics(truth, letters, groups=groups)
-    k = len(str(preds["vote_letters"].iloc[0]))
+    k = (summary.get("votes") or {}).get("k") or len(str(preds["vote_letters"].iloc[0]))
     out = _row(f"{row['model']} (majority of {k})", m, row["sample_ids_hash"], row.get("note", ""))
     if responses is not None:
         out.update(paired_vs_teacher(preds.assign(correct=correct), responses))
