@@ -201,3 +201,22 @@ def test_merge_folds_bad_input(small_benchmark, teacher_csvs, tmp_path):
     assert r.exit_code == 2 and "folds" in r.output and not (tmp_path / "m.parquet").exists()
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "none.parquet"), "--folds"])
     assert r.exit_code == 2
+
+
+def test_cv_confidence_is_pooled_and_triage_chosen_per_fold(cv):
+    invoke("eval", "--adapter-path", cv["run"], "--output-dir", cv["dir"] / "results", "--name", "triage",
+           "--max-new-tokens", 8, "--batch-size", 16, "--target-accuracy", 0.1)
+    out = cv["dir"] / "results" / "triage"
+    s = json.loads((out / "summary.json").read_text())
+    preds = pd.read_csv(out / "predictions.csv")
+    from connectodistill.calibration import summarize
+
+    pooled = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
+                       preds[[f"p_{x}" for x in "abcdefg"]].to_numpy(float), preds["ground_truth_letter"].tolist())
+    assert s["ece"] == pytest.approx(pooled["ece"]) and s["brier"] == pytest.approx(pooled["brier"])
+    triage = pd.read_csv(out / "triage.csv")
+    assert len(triage) == len(preds) and s["triage"]["chosen_on"] == "val, per fold"
+    for i in range(3):  # each fold's threshold is the one its own eval chose on its own val part
+        fold = json.loads((out / "folds" / f"fold-{i}" / "summary.json").read_text())
+        assert s["triage"]["thresholds"][i] == fold["triage"]["threshold"]
+        assert fold["triage"]["evaluated_samples_in_val"] == 0

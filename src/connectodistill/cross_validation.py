@@ -159,7 +159,9 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
     import pandas as pd
 
     from .evaluation import (
+        confidence_summary,
         evaluate,
+        plot_confidence,
         plot_confusion,
         print_summary,
         read_predictions,
@@ -182,7 +184,7 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
                         "`connectodistill train --folds` with the same options to finish them")
     name = cfg.name or re.sub(r"[^\w.-]+", "-", f"{cv_dir.name}_cv")
     out_dir = Path(cfg.output_dir) / name
-    frames, per_fold, first_summary = [], [], None
+    frames, per_fold, first_summary, triages = [], [], None, []
     seen: set[tuple[int, int]] = set()
     for i in range(k):
         run = json.loads((fold_dir(cv_dir, i) / RUN_CONFIG).read_text())
@@ -203,14 +205,20 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
         summary = json.loads((res / "summary.json").read_text())
         first_summary = first_summary or summary
         per_fold.append({"fold": i, "n": summary["n"], "accuracy": summary["accuracy"],
-                         "accuracy_ci": summary["accuracy_ci"], "balanced_accuracy": summary["balanced_accuracy"]})
+                         "accuracy_ci": summary["accuracy_ci"], "balanced_accuracy": summary["balanced_accuracy"],
+                         **({"triage_threshold": summary["triage"]["threshold"]} if "triage" in summary else {})})
+        if (res / "triage.csv").is_file():  # each fold chose its threshold on its own val part
+            triages.append(read_predictions(res / "triage.csv").assign(fold=i))
     preds = pd.concat(frames, ignore_index=True)
     metrics = classification_metrics(preds["ground_truth_letter"].tolist(),
                                      [x if isinstance(x, str) else None for x in preds["predicted_letter"]],
                                      seed=cfg.seed, groups=preds["split_group"].to_numpy())
     counts = preds["ground_truth_letter"].value_counts()
+    pooled = confidence_summary(preds, seed=cfg.seed) if "confidence" in preds else {}
+    per_run = {"triage", "votes", "vote_accuracy", "ece", "brier", "aurc", "coverage_at_accuracy", "reliability"}
     summary = {
-        **{k2: v for k2, v in first_summary.items() if k2 not in metrics},
+        **{k2: v for k2, v in first_summary.items() if k2 not in metrics and k2 not in per_run},
+        **pooled,
         "name": out_dir.name,
         **metrics,
         "majority_class_rate": float(counts.iloc[0] / len(preds)),
@@ -224,10 +232,23 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
         "generation_seconds": round(sum(json.loads((out_dir / "folds" / f"fold-{i}" / "summary.json").read_text())
                                         .get("generation_seconds") or 0 for i in range(k)), 2),
     }
+    triage = pd.concat(triages, ignore_index=True) if len(triages) == k else None
+    if triage is not None:  # pooled: every sample decided by its own fold's threshold
+        auto = (triage["decision"] == "auto").to_numpy()
+        right = preds.set_index([ID_COLUMNS[0], ID_COLUMNS[1]]).loc[
+            list(zip(triage[ID_COLUMNS[0]], triage[ID_COLUMNS[1]], strict=True)), "correct"].to_numpy(bool)
+        summary["triage"] = {"chosen_on": "val, per fold", "thresholds": [f.get("triage_threshold") for f in per_fold],
+                             "target_accuracy": first_summary["triage"]["target_accuracy"],
+                             "coverage": float(auto.mean()),
+                             "accuracy": float(right[auto].mean()) if auto.any() else None}
     from .data import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(preds, out_dir / "predictions.csv")
+    if triage is not None:
+        write_predictions(triage, out_dir / "triage.csv")
+    if pooled:
+        plot_confidence(summary, preds, out_dir)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1, default=_json_default))
     plot_confusion(summary, out_dir / "confusion.png")
     print_summary(summary)

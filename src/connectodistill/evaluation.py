@@ -663,9 +663,12 @@ def print_summary(summary: dict) -> None:
                           f"{v['ece']:.3f}, AURC {v['aurc']:.3f}")
         if "triage" in summary:
             tr = summary["triage"]
-            thr = "none reaches it" if tr["threshold"] is None else f"{tr['threshold']:.3f}"
-            console.print(f"triage at {tr['target_accuracy']:.0%} (threshold {thr}, chosen on {tr['val']['n']} val "
-                          f"samples): {reading(tr['coverage'], tr['accuracy'])}")
+            if "thresholds" in tr:  # cross-validation: each fold chose on its own val part
+                where = "thresholds chosen on each fold's own val samples"
+            else:
+                thr = "none reaches it" if tr["threshold"] is None else f"{tr['threshold']:.3f}"
+                where = f"threshold {thr}, chosen on {tr['val']['n']} val samples"
+            console.print(f"triage at {tr['target_accuracy']:.0%} ({where}): {reading(tr['coverage'], tr['accuracy'])}")
     if summary["includes_train_samples"]:
         console.print("[bold red]warning: these samples include training samples of this adapter[/]")
 
