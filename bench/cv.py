@@ -40,7 +40,7 @@ def main() -> int:
 
     import pandas as pd
 
-    from connectodistill.demo import TRAIN_SETTINGS
+    from connectodistill.offline_demo import TRAIN_SETTINGS
     from connectodistill.evaluation import evaluate
     from connectodistill.merging import merge
     from connectodistill.reporting import report

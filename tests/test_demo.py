@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.demo import demo
+from connectodistill.offline_demo import demo
 
 runner = CliRunner()
 KEYS = ("teacher_accuracy", "teacher_majority_vote_accuracy", "base_accuracy", "student_accuracy",

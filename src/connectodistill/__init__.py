@@ -18,8 +18,9 @@ _VERBS = {
     "train": "training",
     "evaluate": "evaluation",
     "report": "reporting",
-    "demo": "demo",
+    "demo": "offline_demo",
     "export": "exporting",
+    "predict": "prediction",
 }
 
 __all__ = ["__version__", *_VERBS]

@@ -439,7 +439,7 @@ def demo(
     flags.pop("config")
 
     def go():
-        from .demo import demo as demo_fn
+        from .offline_demo import demo as demo_fn
 
         cfg, _ = _configs(DemoConfig, config, flags)
         demo_fn(cfg)
