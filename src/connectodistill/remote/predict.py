@@ -67,11 +67,18 @@ def _shard_files(out: Path, k: int, rng: tuple[int, int], chunk_size: int) -> li
 def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
     """Predict on Modal, N shards at once; return the local output folder (merged)."""
     from ..data import atomic_write_json
-    from ..prediction import MANIFEST, SUMMARY, check_output, plan, write_outputs
+    from ..prediction import (
+        MANIFEST,
+        SUMMARY,
+        check_output,
+        letter_probabilities_available,
+        plan,
+        write_outputs,
+    )
     from .dispatch import _local_input
 
     res = resources(rc)
-    p = plan(cfg)  # every check a local run makes, before anything is sent
+    p = plan(cfg, remote=True)  # every check a local run makes, before anything is sent
     out, cs = Path(cfg.output), cfg.chunk_size
     ranges = shard_ranges(p.source.total, cs, cfg.shards or 1)
     check_output(out, p.manifest, cfg.force)
@@ -81,7 +88,7 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
                         "rerun with the same --shards to resume it, or pass --force to start over")
     base_model = p.settings[0]["base_model"] if p.kind != "export" else None
     base_local = _local_input(base_model, "base model") if base_model else None
-    digest = hashlib.sha256(json.dumps(p.manifest, sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([p.manifest, ranges], sort_keys=True).encode()).hexdigest()[:12]
     stem = re.sub(r"[^\w.-]+", "-", out.resolve().name)
     name = f"{stem}-{digest}"
     if cfg.force and out.is_dir():
@@ -106,7 +113,7 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
         counts = {s: sum(v == s for v in status.values()) for s in ("here", "volume", "todo")}
         say(f"predict {name}: {p.source.total} segments in {len(ranges)} shards on Modal ({res.eval_gpu} each); "
             f"{counts['here']} here already, {counts['volume']} finished on the volume, {counts['todo']} to run")
-        fan = None
+        fan, interrupted = None, False
         if todo:
             links = _stage_model(cfg, p, out, rc, base_model, base_local)
             kwargs = {k: _shard_kwargs(cfg, p, out, rc, name, k, rng, links) for k, rng in
@@ -125,10 +132,12 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
                         fan.retry_failed()
                         _save_state(out, name, ranges, todo, fan)
                         _wait(fan, todo, out, name, ranges)
-                except KeyboardInterrupt:
+                except KeyboardInterrupt:  # a detached app.run() swallows it: raised again below
                     _save_state(out, name, ranges, todo, fan)
-                    say("stopped waiting: the shards keep running on Modal; rerun the same command to pick them up")
-                    raise
+                    interrupted = True
+            if interrupted:
+                say("stopped waiting: the shards keep running on Modal; rerun the same command to pick them up")
+                raise KeyboardInterrupt
             for h, k in zip(fan.handles, todo, strict=True):
                 if h.status == FINISHED:
                     status[k] = "volume"
@@ -142,11 +151,15 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
         raise UserError(f"{len(failed)} of {len(ranges)} shards failed ({lines}); the others are kept in "
                         f"{out / SHARDS_DIR}: rerun the same command to do only what is missing")
     files = [f for k, rng in enumerate(ranges) for f in _shard_files(out, k, rng, cs)]
-    summary = write_outputs(out, files, threshold=p.threshold, triage=p.triage, csv_too=cfg.csv)
+    summary = write_outputs(out, files, threshold=p.threshold, triage=p.triage, csv_too=cfg.csv,
+                            extra_errors=p.source.bad_lines)
     summary.update(input=str(cfg.input), input_kind=p.source.kind, model=str(cfg.adapter_path or cfg.model),
                    model_kind=p.kind, dry_run=cfg.dry_run, chunk_size=cs, chunks=len(files),
-                   letter_probabilities=not cfg.dry_run, triage_from=p.triage_note, remote=name,
+                   letter_probabilities=not cfg.dry_run and letter_probabilities_available(),
+                   triage_from=p.triage_note, remote=name,
                    shards=[{"shard": k, "rows": list(r)} for k, r in enumerate(ranges)])
+    if cfg.dry_run:
+        summary["letter_counts"] = {}
     atomic_write_json(out / SUMMARY, summary)
     from rich.console import Console
 

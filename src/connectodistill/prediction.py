@@ -1,0 +1,579 @@
+"""predict: a trained student's answers for new segments, streamed in chunks, resumable.
+
+The student is asked exactly what eval asks it (``evaluation.run_settings`` and
+``evaluation.choose_prompts``): the run's base model, processor, pixel budget, chat template
+and prompt source. A segment the run recorded a prompt for gets that prompt; a new segment has
+no stored teacher prompt and gets the run's teacher template (``prompt_source =
+teacher-template``), else the builtin prompt.
+
+Input rows are read ``chunk_size`` at a time (``segments.py``); each chunk's results are
+written atomically to ``<output>/chunks/chunk-NNNNNN.parquet`` (its skipped rows in the file's
+metadata) and the outputs are assembled from the chunks at the end, so memory stays flat in
+the number of segments, and a rerun after an interruption redoes only the missing chunks.
+``predict_manifest.json`` records the chunk size, the input's and the model's fingerprints and
+the generation settings; a rerun with other ones is refused (or starts over with ``force``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyarrow as pa
+
+from .config import EvalConfig, PredictConfig, resolve
+from .errors import UserError
+from .segments import Source, fingerprint_files, open_source
+from .task import CLASSES, ID_COLUMNS, LETTERS
+
+__all__ = ["MANIFEST", "PREDICTIONS", "ERRORS", "SUMMARY", "Plan", "plan", "predict", "write_outputs"]
+
+MANIFEST, PREDICTIONS, ERRORS, SUMMARY = ("predict_manifest.json", "predictions.parquet", "predict_errors.csv",
+                                          "predict_summary.json")
+CHUNKS = "chunks"
+META_KEY = b"connectodistill_predict"
+P_COLUMNS = tuple(f"p_{x}" for x in LETTERS)
+ERROR_COLUMNS = ("row", *ID_COLUMNS, "reason")
+ROW_GROUP = 8192  # rows per row group of predictions.parquet (its footer grows per row group)
+STALE_TEMP_SECONDS = 3600  # a temporary chunk file this old was left by a killed run
+_AGREE = ("base_model", "min_pixels", "max_pixels", "chat_template_sha256", "prompt", "prompt_setting")
+
+
+@dataclass
+class Plan:
+    """Everything predict checked before writing anything."""
+
+    cfg: PredictConfig
+    source: Source
+    kind: str  # adapter, fold, ensemble, export
+    students: list[Path]
+    settings: list[dict]  # per student, as evaluation.run_settings reads them
+    threshold: float | None
+    triage: bool
+    triage_note: str | None
+    manifest: dict
+
+    @property
+    def n_chunks(self) -> int:
+        return -(-self.source.total // self.cfg.chunk_size)
+
+
+# ============================================================================ checks
+def resolve_students(cfg: PredictConfig) -> tuple[str, list[Path], list[dict]]:
+    """(kind, student folders, their settings) for --adapter-path / --model, --ensemble, --fold."""
+    from .cross_validation import fold_dir, fold_status, is_cv_run
+    from .evaluation import run_settings
+    from .sweeps import chosen_run, is_sweep
+
+    if cfg.adapter_path is None and cfg.model is None:
+        raise UserError("no model given: pass --adapter-path RUN (a run, cross-validation or sweep folder) "
+                        "or --model DIR (a folder written by `connectodistill export`)")
+    if cfg.adapter_path is not None and cfg.model is not None:
+        raise UserError("pass either --adapter-path RUN or --model EXPORTED_FOLDER, not both")
+    if cfg.model is not None:
+        if cfg.ensemble or cfg.fold is not None:
+            raise UserError("--ensemble and --fold choose among a cross-validation run's students; "
+                            "an exported --model is one student")
+        if not Path(cfg.model).is_dir():
+            raise UserError(f"--model {cfg.model}: no such folder")
+        return "export", [Path(cfg.model)], [run_settings(EvalConfig(model=cfg.model))]
+    run = Path(cfg.adapter_path)
+    if not run.is_dir():
+        raise UserError(f"--adapter-path {run}: no such folder")
+    if is_sweep(run):  # its chosen point, as eval does
+        run = chosen_run(run)
+    if is_cv_run(run):
+        try:
+            k = int(json.loads((run / "cv_config.json").read_text())["folds"])
+        except (OSError, ValueError, KeyError) as e:
+            raise UserError(f"{run}/cv_config.json: unreadable ({e})") from e
+        if cfg.ensemble and cfg.fold is not None:
+            raise UserError("pass either --ensemble (every fold's student) or --fold I (one of them), not both")
+        if cfg.fold is not None:
+            if not 0 <= cfg.fold < k:
+                raise UserError(f"--fold {cfg.fold} is out of range: {run} has folds 0..{k - 1}")
+            kind, dirs = "fold", [fold_dir(run, cfg.fold)]
+        elif cfg.ensemble:
+            kind, dirs = "ensemble", [fold_dir(run, i) for i in range(k)]
+        else:
+            raise UserError(f"{run} is a cross-validation run of {k} students: pass --ensemble (average their "
+                            f"letter probabilities) or --fold I (one of them, 0..{k - 1})")
+        if missing := [d.name for d in dirs if fold_status(run, int(d.name.split("-")[1])) != "done"]:
+            raise UserError(f"{run}: {', '.join(missing)} not trained yet; finish `train --folds` first")
+    else:
+        if cfg.ensemble or cfg.fold is not None:
+            raise UserError(f"--ensemble and --fold need a cross-validation run; {run} is a single run")
+        kind, dirs = "adapter", [run]
+    settings = [run_settings(EvalConfig(adapter_path=d)) for d in dirs]
+    for d, s in zip(dirs[1:], settings[1:], strict=True):
+        if diff := [k for k in _AGREE if s[k] != settings[0][k]]:
+            raise UserError(f"--ensemble: {d.name} was trained with another {', '.join(diff)} than {dirs[0].name}; "
+                            "its students cannot answer one question")
+    return kind, dirs, settings
+
+
+def model_fingerprint(kind: str, dirs: list[Path]) -> str:
+    names = ("adapter_model.safetensors", "adapter_config.json", "training_config.json",
+             "connectodistill_export.json", "config.json")
+    files = [d / n for d in dirs for n in names if (d / n).is_file()]
+    if kind == "export":
+        files += sorted(p for d in dirs for p in d.glob("*.safetensors"))
+    return hashlib.sha256(f"{kind}:{fingerprint_files(files)}".encode()).hexdigest()
+
+
+def triage_threshold(cfg: PredictConfig, dirs: list[Path], kind: str = "adapter") -> tuple[bool, float | None, str | None]:
+    """(triage on, threshold, where it came from) from --threshold or --triage-from."""
+    if cfg.threshold is not None and cfg.triage_from is not None:
+        raise UserError("pass either --threshold T or --triage-from EVAL_RESULT, not both")
+    if cfg.threshold is not None:
+        return True, cfg.threshold, "--threshold"
+    if cfg.triage_from is None:
+        return False, None, None
+    path = Path(cfg.triage_from)
+    path = path if path.suffix == ".json" else path / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--triage-from {cfg.triage_from}: no readable eval summary.json ({e})") from e
+    tri = summary.get("triage")
+    if not tri or ("threshold" not in tri and "thresholds" not in tri):
+        raise UserError(f"{path} holds no triage threshold: run `connectodistill eval --target-accuracy A` "
+                        "first, or pass --threshold T")
+    student = summary.get("exported_model") or summary.get("adapter")
+    ours = {Path(cfg.model or cfg.adapter_path).resolve(), *(d.resolve() for d in dirs)}
+    if student and Path(student).exists() and Path(student).resolve() not in ours:
+        raise UserError(f"{path}: its threshold was chosen for {student}, not this model; pass --threshold T "
+                        "to apply a threshold anyway")
+    note = f"{path} (target accuracy {tri.get('target_accuracy')}, chosen on {tri.get('chosen_on', 'val')})"
+    if "threshold" in tri:
+        return True, tri["threshold"], note
+    thresholds = tri["thresholds"]  # a cross-validation eval: one per fold, each on its own val part
+    if kind == "fold" and cfg.fold is not None and cfg.fold < len(thresholds):
+        return True, thresholds[cfg.fold], f"{note}, fold {cfg.fold}'s"
+    raise UserError(f"{path} holds one triage threshold per fold ({thresholds}); the ensemble's confidence is "
+                    "none of theirs: pass --fold I to triage with that fold's student and threshold, or --threshold T")
+
+
+def plan(config: PredictConfig | None = None, *, remote: bool = False, **overrides) -> Plan:
+    """Check the input, the model and the triage settings; nothing is loaded or written."""
+    cfg = resolve(PredictConfig, config, overrides)
+    if cfg.shards not in (None, 1) and not remote:
+        raise UserError("--shards N splits the input over N Modal containers: add --remote")
+    kind, dirs, settings = resolve_students(cfg)
+    source = open_source(cfg.input, cfg.images_dir, config_name=cfg.config_name, split=cfg.dataset_split)
+    if source.total == 0:
+        raise UserError(f"{cfg.input}: no segments (no rows)")
+    on, threshold, note = triage_threshold(cfg, dirs, kind)
+    manifest = {
+        "chunk_size": cfg.chunk_size,
+        "input": {"kind": source.kind, "rows": source.total, "row_offset": cfg.row_offset,
+                  "fingerprint": source.fingerprint},
+        "model": {"kind": kind, "fingerprint": model_fingerprint(kind, dirs)},
+        "generation": {"max_new_tokens": cfg.max_new_tokens, "dry_run": cfg.dry_run},
+    }
+    return Plan(cfg, source, kind, dirs, settings, threshold, on, note, manifest)
+
+
+def check_output(out: Path, manifest: dict, force: bool) -> None:
+    """Refuse an output folder holding another prediction (unless ``force``); nothing is written."""
+    path = out / MANIFEST
+    if not path.is_file():
+        if (out / CHUNKS).is_dir() and any((out / CHUNKS).glob("chunk-*.parquet")) and not force:
+            raise UserError(f"{out}/{CHUNKS} holds chunks without a {MANIFEST}; pass another --output, "
+                            "or --force to start over")
+        return
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    differ = [k for k in ("chunk_size", "input", "model", "generation") if old.get(k) != manifest[k]]
+    if differ and not force:
+        what = {"chunk_size": f"chunk size {old.get('chunk_size')} (now {manifest['chunk_size']})",
+                "input": "input", "model": "model", "generation": "generation settings"}
+        raise UserError(f"{out} holds a prediction with another {', '.join(what[k] for k in differ)}: rerun "
+                        "with the same input, model and options to resume it, pass another --output, or "
+                        "--force to start over")
+
+
+def _start_over(out: Path) -> None:
+    for name in (MANIFEST, PREDICTIONS, ERRORS, SUMMARY, "predictions.csv"):
+        (out / name).unlink(missing_ok=True)
+    for p in (out / CHUNKS).glob("*") if (out / CHUNKS).is_dir() else []:
+        p.unlink()
+
+
+# ============================================================================ chunks
+def chunk_path(out: Path, index: int) -> Path:
+    return out / CHUNKS / f"chunk-{index:06d}.parquet"
+
+
+def chunk_meta(path: Path) -> dict | None:
+    import pyarrow.parquet as pq
+
+    try:
+        raw = (pq.read_schema(path).metadata or {}).get(META_KEY)
+        return json.loads(raw) if raw else None
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def done_chunks(out: Path, p: Plan) -> set[int]:
+    """Chunks already written whole for this input (a damaged or foreign one is redone)."""
+    cs, done = p.cfg.chunk_size, set()
+    for i in range(p.n_chunks):
+        path = chunk_path(out, i)
+        if path.is_file() and (m := chunk_meta(path)) is not None and m.get("start") == p.cfg.row_offset + i * cs \
+                and m.get("rows") == min(cs, p.source.total - i * cs):
+            done.add(i)
+    return done
+
+
+def _schema(ensemble: bool) -> pa.Schema:
+    fields = [(ID_COLUMNS[0], pa.int64()), (ID_COLUMNS[1], pa.int64()), ("species", pa.string()),
+              ("letter", pa.string()), ("description", pa.string()), ("confidence", pa.float64()),
+              *[(c, pa.float64()) for c in P_COLUMNS], ("analysis", pa.string()), ("response", pa.string()),
+              ("prompt_source", pa.string()), ("prompt_sha256", pa.string()), ("row", pa.int64())]
+    return pa.schema(fields + ([("fold_letters", pa.string())] if ensemble else []))
+
+
+def _chunk_table(chunk, chosen, answers: dict, ensemble: bool, seconds: float, row_offset: int) -> pa.Table:
+    n = len(chunk.rows)
+    cols = {
+        ID_COLUMNS[0]: [r[ID_COLUMNS[0]] for r in chunk.rows],
+        ID_COLUMNS[1]: [r[ID_COLUMNS[1]] for r in chunk.rows],
+        "species": [r["species"] for r in chunk.rows],
+        "letter": answers["letter"],
+        "description": [CLASSES.get(x) if x else None for x in answers["letter"]],
+        "confidence": answers["confidence"],
+        **{c: answers[c] for c in P_COLUMNS},
+        "analysis": answers["analysis"], "response": answers["response"],
+        "prompt_source": [p.source for p in chosen], "prompt_sha256": [p.sha256 for p in chosen],
+        "row": chunk.row_numbers,
+    }
+    if ensemble:
+        cols["fold_letters"] = answers["fold_letters"]
+    schema = _schema(ensemble)
+    table = pa.table({f.name: pa.array(cols[f.name] if n else [], f.type) for f in schema}, schema=schema)
+    meta = {"chunk": chunk.index, "start": row_offset + chunk.start, "rows": chunk.n_input, "errors": chunk.errors,
+            "seconds": round(seconds, 3)}
+    return table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+
+
+# ============================================================================ the student
+class Student:
+    """The student as eval loads it (processor with the run's budget, chat template checked,
+    base + adapter; an ensemble holds every fold's adapter on one base). Called on a chunk's
+    prompts and views, it returns the answer columns."""
+
+    def __init__(self, p: Plan):
+        from .modeling import load_model, load_processor
+
+        s = p.settings[0]
+        self.cfg, self.kind = p.cfg, p.kind
+        self.processor, self.budget = load_processor(s["processor_from"], min_pixels=s["min_pixels"],
+                                                     max_pixels=s["max_pixels"])
+        if s["chat_template_sha256"]:
+            got = hashlib.sha256((self.processor.chat_template or "").encode()).hexdigest()
+            if got != s["chat_template_sha256"]:
+                raise UserError(f"the chat template of {s['processor_from']} differs from the one the run trained "
+                                f"with ({s['chat_template_sha256'][:12]} vs {got[:12]})")
+        model = load_model(s["base_model"], load_in_4bit=p.cfg.load_in_4bit)
+        self.names: list[str | None] = [None]
+        if p.kind in ("adapter", "fold"):
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(p.students[0]))
+        elif p.kind == "ensemble":
+            from peft import PeftModel
+
+            self.names = [d.name for d in p.students]
+            model = PeftModel.from_pretrained(model, str(p.students[0]), adapter_name=self.names[0])
+            for name, d in zip(self.names[1:], p.students[1:], strict=True):
+                model.load_adapter(str(d), adapter_name=name)
+        self.model = model
+        self.letter_probabilities = None
+        if letter_probabilities_available():
+            from .generation import letter_probabilities
+
+            self.letter_probabilities = letter_probabilities
+
+    def __call__(self, prompts: list[str], images: list[list], layouts: list[str | None]) -> dict:
+        from .generation import generate_answers
+        from .scoring import option_descriptions, parse_response
+
+        per = []
+        for name in self.names:
+            if name is not None:
+                self.model.set_adapter(name)
+            responses = generate_answers(self.model, self.processor, prompts, images, layouts=layouts,
+                                         batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens)
+            parsed = [parse_response(r, option_descriptions(q)) for r, q in zip(responses, prompts, strict=True)]
+            probs = None
+            if self.letter_probabilities is not None:
+                probs = self.letter_probabilities(self.model, self.processor, prompts, images, responses,
+                                                  layouts=layouts, batch_size=self.cfg.batch_size)
+            per.append((responses, parsed, probs))
+        return combine(per, ensemble=self.kind == "ensemble")
+
+
+def letter_probabilities_available() -> bool:
+    """Whether ``generation.letter_probabilities`` exists (else p_a..p_g and confidence stay null)."""
+    from . import generation
+
+    return hasattr(generation, "letter_probabilities")
+
+
+def combine(per: list[tuple], ensemble: bool) -> dict:
+    """Answer columns from each student's (responses, parsed, probs). One student: its parsed
+    letter (as eval), confidence = its probability (0 when unparsed). An ensemble: the letter
+    of the mean letter probabilities and that mean; analysis and response from the first fold
+    that answered that letter (else fold 0); ``fold_letters`` each fold's parsed letter."""
+    import numpy as np
+
+    n = len(per[0][0])
+    out: dict = {"fold_letters": [None] * n}
+    have_probs = all(p is not None for _, _, p in per)
+    if not ensemble:
+        responses, parsed, probs = per[0]
+        letters = [x for _, x in parsed]
+        pick = [0] * n
+    else:
+        fold_letters = [[parsed[i][1] for _, parsed, _ in per] for i in range(n)]
+        out["fold_letters"] = ["".join(x or "-" for x in row) for row in fold_letters]
+        if have_probs:
+            probs = np.mean([p for _, _, p in per], axis=0)
+            letters = [LETTERS[int(j)] for j in probs.argmax(axis=1)]
+        else:  # no letter probabilities: the folds' majority
+            from .scoring import majority_vote
+
+            probs, letters = None, [majority_vote(row)[0] for row in fold_letters]
+        pick = [next((k for k, x in enumerate(row) if x == le), 0) for row, le in zip(fold_letters, letters,
+                                                                                     strict=True)]
+    out["letter"] = letters
+    out["analysis"] = [per[k][1][i][0] for i, k in enumerate(pick)]
+    out["response"] = [per[k][0][i] for i, k in enumerate(pick)]
+    for j, c in enumerate(P_COLUMNS):
+        out[c] = [float(probs[i, j]) for i in range(n)] if have_probs else [None] * n
+    out["confidence"] = ([float(probs[i, LETTERS.index(x)]) if x else 0.0 for i, x in enumerate(letters)]
+                         if have_probs else [None] * n)
+    return out
+
+
+def _dry_answers(n: int) -> dict:
+    return {c: [None] * n for c in ("letter", "analysis", "response", "confidence", "fold_letters", *P_COLUMNS)}
+
+
+# ============================================================================ the recipe
+def predict(config: PredictConfig | None = None, *, on_chunk: Callable[[int], None] | None = None,
+            **overrides) -> Path:
+    """Classify every segment of ``input`` with the student; return the output folder.
+
+    ``on_chunk(index)`` is called after each chunk is on disk (the remote layer commits its
+    volume there). Rerun with the same arguments to resume.
+    """
+    from rich.console import Console
+
+    from .data import atomic_path, atomic_write_json
+    from .evaluation import choose_prompts
+
+    p = plan(config, **overrides)
+    cfg, out, console = p.cfg, Path(p.cfg.output), Console(stderr=True)
+    check_output(out, p.manifest, cfg.force)
+    done = set() if cfg.force else done_chunks(out, p)
+    todo = set(range(p.n_chunks)) - done
+    # Loaded before anything is written: a model that will not load leaves nothing behind.
+    student = Student(p) if todo and not cfg.dry_run else None
+    if cfg.force:
+        _start_over(out)
+    (out / CHUNKS).mkdir(parents=True, exist_ok=True)
+    _drop_stale_temps(out / CHUNKS)
+    about = {"input": str(cfg.input), "images_dir": str(cfg.images_dir) if cfg.images_dir else None,
+             "students": [str(d) for d in p.students], "created": _now()}
+    if not (out / MANIFEST).is_file():
+        atomic_write_json(out / MANIFEST, {**p.manifest, "about": about})
+    eval_cfg = EvalConfig(adapter_path=p.students[0]) if p.kind != "export" else EvalConfig(model=p.students[0])
+    src = p.source
+    console.print(f"predict: {src.total} segments of {cfg.input} ({src.kind}) with {_describe(p)}; "
+                  f"{p.n_chunks} chunks of {cfg.chunk_size}" + (f", {len(done)} done already" if done else "")
+                  + (" [dry run: no model]" if cfg.dry_run else ""))
+    t0, predicted = time.time(), 0
+    first = min(todo) if todo else p.n_chunks
+    with _progress(cfg.progress) as bar:
+        task = bar.add_task("predict", total=src.total,
+                            completed=sum(min(cfg.chunk_size, src.total - i * cfg.chunk_size) for i in done))
+        src.row_offset = cfg.row_offset
+        for chunk in (src.chunks(cfg.chunk_size, todo, first) if todo else ()):
+            if chunk is None:
+                continue
+            t1 = time.time()
+            chosen = choose_prompts(chunk.rows, p.settings[0], eval_cfg) if chunk.rows else []
+            if cfg.dry_run or not chunk.rows:
+                answers = _dry_answers(len(chunk.rows))
+            else:
+                answers = student([c.text for c in chosen], chunk.images, [c.layout for c in chosen])
+            table = _chunk_table(chunk, chosen, answers, p.kind == "ensemble", time.time() - t1, cfg.row_offset)
+            import pyarrow.parquet as pq
+
+            with atomic_path(chunk_path(out, chunk.index)) as tmp:
+                pq.write_table(table, tmp)
+            predicted += chunk.n_input
+            bar.advance(task, chunk.n_input)
+            if on_chunk is not None:
+                on_chunk(chunk.index)
+    seconds = time.time() - t0
+    summary = write_outputs(out, [chunk_path(out, i) for i in range(p.n_chunks)], threshold=p.threshold,
+                            triage=p.triage, csv_too=cfg.csv, extra_errors=src.bad_lines)
+    summary.update(input=str(cfg.input), input_kind=src.kind, model=_describe(p), model_kind=p.kind,
+                   dry_run=cfg.dry_run, chunk_size=cfg.chunk_size, chunks=p.n_chunks,
+                   letter_probabilities=not cfg.dry_run and letter_probabilities_available(),
+                   triage_from=p.triage_note, seconds=round(seconds, 2),
+                   segments_per_second=round(predicted / seconds, 3) if predicted and seconds else None)
+    if cfg.dry_run:
+        summary["letter_counts"] = {}
+    atomic_write_json(out / SUMMARY, summary)
+    report(summary, out, p.settings[0], console)
+    return out
+
+
+def _describe(p: Plan) -> str:
+    if p.kind == "ensemble":
+        return f"the ensemble of {len(p.students)} fold students of {p.students[0].parent}"
+    return str(p.students[0])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _drop_stale_temps(folder: Path) -> None:
+    for tmp in folder.glob(".chunk-*.tmp"):
+        try:
+            if time.time() - tmp.stat().st_mtime > STALE_TEMP_SECONDS:
+                tmp.unlink()
+        except OSError:
+            pass
+
+
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class Speed(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.2f} segments/s" if task.speed else "- segments/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Speed(),
+                    TextColumn("ETA"), TimeRemainingColumn(), disable=not enabled)
+
+
+# ============================================================================ outputs
+def write_outputs(out: Path, chunk_files: list[Path], *, threshold: float | None, triage: bool,
+                  csv_too: bool = False, extra_errors: list[dict] | None = None) -> dict:
+    """predictions.parquet (+ .csv), predict_errors.csv from the chunk files, in their order,
+    one chunk in memory at a time; returns the counts for the summary. ``extra_errors``: input
+    lines no chunk holds (a CSV line with the wrong number of cells), listed last."""
+    import pyarrow.parquet as pq
+
+    from .data import atomic_paths
+
+    counts = {"letters": Counter(), "sources": Counter(), "triage": Counter(), "reasons": Counter()}
+    n = skipped = 0
+    targets = [out / PREDICTIONS, out / ERRORS] + ([out / "predictions.csv"] if csv_too else [])
+    with atomic_paths(*targets) as temps, open(temps[1], "w", newline="") as ef:
+        errors = csv.DictWriter(ef, fieldnames=ERROR_COLUMNS)
+        errors.writeheader()
+        writer = csv_file = None
+        if csv_too:
+            csv_file = open(temps[2], "w", newline="")  # noqa: SIM115 - closed below
+        buffer: list[pa.Table] = []
+        try:
+            for i, path in enumerate(chunk_files):
+                meta = chunk_meta(path)
+                if meta is None:
+                    raise RuntimeError(f"chunk {path} is missing or unreadable")  # a bug: all were written
+                with pq.ParquetFile(path) as f:  # (pq.read_table would import pyarrow.dataset)
+                    t = f.read().replace_schema_metadata(None)
+                for e in meta["errors"]:
+                    errors.writerow(e)
+                    counts["reasons"][_reason_kind(e["reason"])] += 1
+                skipped += len(meta["errors"])
+                if triage:
+                    conf = t.column("confidence").to_pylist()
+                    decision = ["auto" if threshold is not None and c is not None and c >= threshold else "human"
+                                for c in conf]
+                    counts["triage"].update(decision)
+                    t = t.add_column(t.schema.get_field_index("confidence") + 1, "triage",
+                                     pa.array(decision, pa.string()))
+                if writer is None:
+                    writer = pq.ParquetWriter(temps[0], t.schema)
+                buffer.append(t)
+                if sum(b.num_rows for b in buffer) >= ROW_GROUP:  # a few large row groups, not one
+                    writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP)  # per chunk
+                    buffer = []
+                n += t.num_rows
+                counts["letters"].update(x if x else "unparsed" for x in t.column("letter").to_pylist())
+                counts["sources"].update(t.column("prompt_source").to_pylist())
+                if csv_file is not None:
+                    t.to_pandas().to_csv(csv_file, index=False, header=i == 0, quoting=csv.QUOTE_NONNUMERIC)
+            if buffer:
+                writer.write_table(pa.concat_tables(buffer), row_group_size=ROW_GROUP)
+            for e in extra_errors or []:
+                errors.writerow(e)
+                counts["reasons"]["malformed line"] += 1
+                skipped += 1
+        finally:
+            if writer is not None:
+                writer.close()
+            if csv_file is not None:
+                csv_file.close()
+    return {"rows": n + skipped, "predicted": n, "skipped": skipped, "skipped_reasons": dict(counts["reasons"]),
+            "prompt_source_counts": dict(counts["sources"]), "letter_counts": dict(counts["letters"]),
+            "triage": {"threshold": threshold, **{k: counts["triage"].get(k, 0) for k in ("auto", "human")}}
+            if triage else None,
+            "outputs": [t.name for t in targets]}
+
+
+def _reason_kind(reason: str) -> str:
+    for kind in ("missing image", "unreadable image", "box column", "is not an integer", "is negative",
+                 "is missing"):
+        if kind in reason:
+            return {"box column": "box not numbers", "is not an integer": "ids not integers",
+                    "is negative": "ids not integers"}.get(kind, kind)
+    return "other"
+
+
+def report(summary: dict, out: Path, settings: dict, console) -> None:
+    """The console lines: prompt sources, skipped rows, triage, where the outputs are."""
+    src = summary["prompt_source_counts"]
+    line = ", ".join(f"{src.get(k, 0)} {k}" for k in ("teacher", "teacher-template", "builtin"))
+    console.print(f"prompts: {line} (a segment the run recorded keeps its prompt; a new one has no stored "
+                  f"teacher prompt and gets the run's teacher template, else the builtin prompt; "
+                  f"run prompt source: {settings['prompt']})")
+    if summary["skipped"]:
+        why = ", ".join(f"{k} {v}" for k, v in sorted(summary["skipped_reasons"].items()))
+        console.print(f"[yellow]skipped {summary['skipped']} of {summary['rows']} rows ({why}): listed in "
+                      f"{out / ERRORS}[/]")
+    if summary["dry_run"]:
+        console.print("dry run: every row read and checked, prompts chosen; no model, so no letters")
+    elif not summary["letter_probabilities"]:
+        console.print("[yellow]letter probabilities unavailable: p_a..p_g and confidence are null[/]")
+    if tri := summary.get("triage"):
+        thr = "none (the eval found no threshold reaching its target: all to a human)" if tri["threshold"] is None \
+            else f"{tri['threshold']:.4f}"
+        console.print(f"triage at confidence threshold {thr}: {tri['auto']} auto, {tri['human']} human")
+    rate = f", {summary['segments_per_second']} segments/s" if summary.get("segments_per_second") else ""
+    console.print(f"wrote {out / PREDICTIONS} ({summary['predicted']} segments{rate})")
