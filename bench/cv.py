@@ -40,9 +40,9 @@ def main() -> int:
 
     import pandas as pd
 
-    from connectodistill.offline_demo import TRAIN_SETTINGS
     from connectodistill.evaluation import evaluate
     from connectodistill.merging import merge
+    from connectodistill.offline_demo import TRAIN_SETTINGS
     from connectodistill.reporting import report
     from connectodistill.synthetic import make_benchmark, make_teacher_csvs, make_tiny_student
     from connectodistill.training import train
