@@ -161,9 +161,8 @@ def read_responses(data):
 
 def write_pairs(pairs: list[Pair], path: Path) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from .data import atomic_path
+    from .data import write_parquet
 
     table = pa.table({
         ID_COLUMNS[0]: pa.array([p.key[0] for p in pairs], pa.int64()),
@@ -174,8 +173,7 @@ def write_pairs(pairs: list[Pair], path: Path) -> None:
         "chosen": pa.array([p.chosen for p in pairs], pa.string()),
         "rejected": pa.array([p.rejected for p in pairs], pa.string()),
     })
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_parquet(table, path)
 
 
 def read_pairs(path: Path) -> list[Pair]:

@@ -202,7 +202,7 @@ def write_sample_prompts(data: TrainingData, path: Path) -> Path:
     so eval and predict give each sample exactly the prompt training chose for it."""
     import pyarrow as pa
 
-    from .data import atomic_path
+    from .data import write_parquet
 
     keys = list(data.sample_prompts)
     p = [data.sample_prompts[k] for k in keys]
@@ -214,8 +214,4 @@ def write_sample_prompts(data: TrainingData, path: Path) -> Path:
         "prompt_layout": pa.array([x.layout for x in p], pa.string()),
         "prompt_sha256": pa.array([x.sha256 for x in p], pa.string()),
     })
-    import pyarrow.parquet as pq
-
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
-    return path
+    return write_parquet(table, path)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import runs
 from .config import TrainConfig, resolve
 from .conversation import build_messages, load_images
 from .errors import UserError
@@ -161,7 +162,6 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
         raise RuntimeError("a test sample reached the training data")
 
     # 2. Student: processor with the pixel budget, base model, LoRA on the language model.
-    import torch
     from transformers import TrainingArguments, set_seed
 
     from .modeling import add_lora, load_model, load_processor
@@ -171,8 +171,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     set_seed(cfg.seed)
     processor, budget = load_processor(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     model = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit)
-    cuda = torch.cuda.is_available()
-    gradient_checkpointing = cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing
+    gradient_checkpointing = runs.gradient_checkpointing(cfg)
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                      tune_vision=cfg.tune_vision, tune_merger=cfg.tune_merger,
                      gradient_checkpointing=gradient_checkpointing)
@@ -182,8 +181,6 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
         collator.encode(ex)
 
     # 3. Run folder (fixed when resuming) and the Trainer.
-    from . import runs
-
     teacher_models = runs.teacher_models_of(df)
     run_dir, resume_from = runs.choose_run_dir(cfg, run_folder_name(cfg, teacher_models, len(train_ex)))
 
@@ -195,34 +192,11 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     metric = {"val_loss": "eval_loss", "val_accuracy": "eval_val_accuracy"}.get(cfg.select_by)
     if cfg.use_wandb:
         os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    # The arguments every recipe shares (runs.trainer_arguments), plus what the collator needs.
     args = TrainingArguments(
-        output_dir=str(run_dir / "checkpoints"),
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation,
-        learning_rate=cfg.learning_rate,
-        warmup_steps=cfg.warmup_steps,
-        lr_scheduler_type="linear",
-        weight_decay=cfg.weight_decay,
-        bf16=bf16,
-        logging_steps=cfg.logging_steps,
-        eval_strategy="epoch" if has_val else "no",
-        save_strategy="epoch",
-        save_total_limit=2,
-        load_best_model_at_end=has_val,
-        metric_for_best_model=metric if has_val else None,
-        greater_is_better=cfg.select_by == "val_accuracy" if has_val else None,
-        gradient_checkpointing=gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
-        report_to=["wandb"] if cfg.use_wandb else [],
-        run_name=run_dir.name,
-        seed=cfg.seed,
-        remove_unused_columns=False,  # the collator needs the raw examples
+        **runs.trainer_arguments(cfg, run_dir, metric=metric if has_val else None,
+                                 greater=cfg.select_by == "val_accuracy"),
         label_names=["labels"],
-        dataloader_num_workers=0,
-        disable_tqdm=not cfg.progress,
         ddp_find_unused_parameters=False,
     )
     trainer = DistillTrainer(
