@@ -220,3 +220,46 @@ def test_cv_confidence_is_pooled_and_triage_chosen_per_fold(cv):
         fold = json.loads((out / "folds" / f"fold-{i}" / "summary.json").read_text())
         assert s["triage"]["thresholds"][i] == fold["triage"]["threshold"]
         assert fold["triage"]["evaluated_samples_in_val"] == 0
+
+
+@pytest.mark.filterwarnings("ignore:The .* function is executing locally:UserWarning")
+def test_remote_eval_of_a_cv_run_fans_out_and_pools_what_a_local_eval_pools(cv, tmp_path, monkeypatch):
+    """`eval --remote` of a CV run: one container per fold at once, each fold's result downloaded,
+    pooled here as a local eval pools it (same predictions); one failed fold names itself."""
+    from remote_fakes import RC, Offline
+
+    from connectodistill import remote
+    from connectodistill.config import EvalConfig
+    from connectodistill.errors import UserError
+    from connectodistill.remote import container
+
+    offline = Offline(tmp_path / "volumes").install(monkeypatch)
+    monkeypatch.setattr(container, "commit_volume", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    ecfg = EvalConfig(adapter_path=cv["run"], output_dir=tmp_path / "results", max_new_tokens=8, batch_size=16)
+    out = remote.evaluate_remote(ecfg, RC)
+    assert out == tmp_path / "results" / cv["result"].name
+    names = [c["settings"]["name"] for c in offline.calls]
+    assert names == [f"{out.name}_fold-{i}" for i in range(3)]  # unique on the runs volume
+    assert [c["settings"]["adapter_path"] for c in offline.calls] == [str(cv["run"] / f"fold-{i}") for i in range(3)]
+    cols = ["proofread_root_id", "current_root_id", "fold", "predicted_letter", "correct", "prompt_sha256"]
+    here, there = pd.read_csv(cv["result"] / "predictions.csv"), pd.read_csv(out / "predictions.csv")
+    pd.testing.assert_frame_equal(here[cols], there[cols])
+    local_s, remote_s = (json.loads((p / "summary.json").read_text()) for p in (cv["result"], out))
+    assert remote_s["accuracy"] == local_s["accuracy"] and remote_s["cross_validation"] == local_s["cross_validation"]
+
+    def run(fn, kwargs):
+        if kwargs["settings"]["name"].endswith("fold-1"):
+            raise RuntimeError("preempted three times")
+        return fn.local(**kwargs)
+
+    offline.run = run
+    again = ecfg.model_copy(update={"name": "again"})
+    with pytest.raises(UserError, match=r"1 of 3 evals failed \(.*again_fold-1.*rerun the same command"):
+        remote.evaluate_remote(again, RC)
+    folds = tmp_path / "results" / "again" / "folds"
+    assert [(folds / f"fold-{i}" / "summary.json").is_file() for i in range(3)] == [True, False, True]
+    assert [p.name for p in (folds / "fold-1").iterdir()] == ["modal_call.json"]  # its call, for `fetch`
+    assert not (tmp_path / "results" / "again" / "summary.json").exists()  # nothing pooled half
+    with pytest.raises(UserError, match="drop --detach"):
+        remote.evaluate_remote(again, RC.model_copy(update={"detach": True}))

@@ -31,6 +31,11 @@ def test_demo_runs_every_stage(tmp_path):
                  "results/student_blank-images/confusion.png", "report.md", "report.csv"):
         assert (out / path).is_file(), path
     assert "teacher (all responses)" in (out / "report.md").read_text()
+    # calibration and coverage rows for teacher and student; votes only when asked for
+    assert set(saved["confidence"]) == {"teacher (majority vote)", "student"}
+    for row in saved["confidence"].values():
+        assert 0.0 <= row["ece"] <= 1.0 and row["reading"]
+    assert saved["student_majority_of_votes_accuracy"] is None
 
 
 def test_demo_refuses_a_non_empty_folder(tmp_path):
@@ -38,3 +43,9 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
     r = runner.invoke(app, ["demo", "--output-dir", str(tmp_path)])
     assert r.exit_code == 2 and "--force" in r.output
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
+
+
+def test_demo_bad_votes_is_one_line_and_writes_nothing(tmp_path):
+    r = runner.invoke(app, ["demo", "--output-dir", str(tmp_path / "d"), "--votes", "-1"])
+    assert r.exit_code == 2 and "votes" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()

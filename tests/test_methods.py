@@ -68,6 +68,17 @@ def test_pairs_match_an_independent_count(merged_small):
         assert {i for i, _ in order[:nc]} == set(range(nc)) and {j for _, j in order[:nr]} == set(range(nr))
 
 
+def test_each_method_has_its_own_default_learning_rate():
+    from connectodistill.config import METHOD_LEARNING_RATE, TrainConfig
+
+    assert {m: TrainConfig(method=m).learning_rate for m in ("sft", "dpo", "grpo")} == METHOD_LEARNING_RATE
+    assert METHOD_LEARNING_RATE["dpo"] < METHOD_LEARNING_RATE["grpo"] < METHOD_LEARNING_RATE["sft"]
+    assert TrainConfig(method="dpo", learning_rate=1e-3).learning_rate == 1e-3  # a given one wins
+    # what the CLI passes for an absent flag, and a config that went through model_dump
+    assert TrainConfig(method="grpo", learning_rate=None).learning_rate == 1e-4
+    assert TrainConfig(**TrainConfig(method="dpo").model_dump()).learning_rate == 5e-5
+
+
 def test_balanced_order_draws_every_class_equally():
     from connectodistill.grpo import balanced_order
 

@@ -458,6 +458,28 @@ def test_train_remote_uploads_trains_and_downloads(user_dir, small_benchmark, of
     assert (offline.root / "datasets" / _sha256(small_benchmark) / small_benchmark.name).is_file()
 
 
+@pytest.mark.slow
+def test_train_remote_dpo_uploads_the_from_run(user_dir, local_run, offline, commits):
+    """`--method dpo --from RUN --remote`: the parent run folder goes up with the merged file,
+    and the container continues it under the path as given, like a local run."""
+    from connectodistill.runs import continued_settings
+
+    shutil.copytree(local_run, user_dir / "parent-run")
+    merged = Path(json.loads((local_run / "training_config.json").read_text())["merged_file"])
+    shutil.copyfile(merged.with_name(f"{merged.stem}_responses.parquet"), user_dir / "merged_responses.parquet")
+    cfg = continued_settings(TrainConfig(method="dpo", from_run="parent-run", augmented_dataset="merged.parquet",
+                                         run_name="d", **{**TINY_TRAIN, "num_samples": 2, "batch_size": 2}))
+    local = remote.train_remote(cfg, RC)
+
+    assert "_dpo_" in local.name and (local / "adapter_model.safetensors").is_file()
+    config = json.loads((local / "training_config.json").read_text())
+    assert config["method"] == "dpo" and config["parent_run"] == "parent-run"
+    assert config["base_model"] == json.loads((local_run / "training_config.json").read_text())["base_model"]
+    up = list((offline.root / "datasets").glob("*/parent-run/adapter_model.safetensors"))
+    assert len(up) == 1 and up[0].read_bytes() == (local_run / "adapter_model.safetensors").read_bytes()
+    assert len(list((offline.root / "datasets").glob("*/merged_responses.parquet"))) == 1  # the pairs' source
+
+
 def test_eval_remote_of_a_base_model_uploads_the_local_benchmark(user_dir, small_benchmark, offline, commits):
     shutil.copyfile(small_benchmark, user_dir / "bench.parquet")
     out = remote.evaluate_remote(EvalConfig(base_model="students/tiny", dataset_name="bench.parquet",

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
 from .task import DEFAULT_CONFIG, DEFAULT_DATASET, DEFAULT_DATASET_SPLIT, DEFAULT_MODEL
@@ -45,6 +45,10 @@ class MergeConfig(_Config):
         return None if isinstance(v, str) and v.lower() == "all" else v
 
 
+# Continuing a trained student takes smaller steps than SFT from scratch (bench/README.md, methods).
+METHOD_LEARNING_RATE = {"sft": 2e-4, "dpo": 5e-5, "grpo": 1e-4}
+
+
 class TrainConfig(_Config):
     augmented_dataset: Path = Field(Path("merged.parquet"), description="Output of merge.")
     model: str = DEFAULT_MODEL
@@ -56,7 +60,8 @@ class TrainConfig(_Config):
     epochs: float = Field(3, gt=0)
     batch_size: int = Field(2, ge=1)
     gradient_accumulation: int = Field(4, ge=1)
-    learning_rate: float = Field(2e-4, gt=0)
+    # None on input: the method's default (METHOD_LEARNING_RATE); a float once validated.
+    learning_rate: float = Field(None, gt=0, validate_default=True)
     warmup_steps: int = Field(5, ge=0)
     weight_decay: float = 0.01
     lora_r: int = Field(16, ge=1)
@@ -109,6 +114,13 @@ class TrainConfig(_Config):
     answer_only: bool = False
     format_reward: float = Field(0.1, ge=0.0)
     balance_classes: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_learning_rate(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("learning_rate") is None:
+            data = {**data, "learning_rate": METHOD_LEARNING_RATE.get(data.get("method") or "sft", 2e-4)}
+        return data
 
 
 class EvalConfig(_Config):
@@ -196,6 +208,8 @@ class DemoConfig(_Config):
     image_size: int = 64
     epochs: float = 3
     max_new_tokens: int = 64
+    # Sampled votes per test sample for the student's majority-of-K row (0: none).
+    votes: int = Field(0, ge=0)
     force: bool = False
     progress: bool = True
 

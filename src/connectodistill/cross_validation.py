@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -154,8 +155,11 @@ def train_cv(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------- eval
-def evaluate_cv(cfg: EvalConfig) -> Path:
-    """Score each fold's adapter on its own test fold; pool into one result folder."""
+def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], list[Path]] | None = None) -> Path:
+    """Score each fold's adapter on its own test fold; pool into one result folder.
+
+    ``evaluate_folds`` runs the folds' evals and returns their result folders; by default one
+    after another here (``eval --remote`` passes one that runs them at once on Modal)."""
     import pandas as pd
 
     from .evaluation import (
@@ -184,8 +188,7 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
                         "`connectodistill train --folds` with the same options to finish them")
     name = cfg.name or re.sub(r"[^\w.-]+", "-", f"{cv_dir.name}_cv")
     out_dir = Path(cfg.output_dir) / name
-    frames, per_fold, first_summary, triages = [], [], None, []
-    seen: set[tuple[int, int]] = set()
+    tests, fold_cfgs = [], []
     for i in range(k):
         run = json.loads((fold_dir(cv_dir, i) / RUN_CONFIG).read_text())
         sp = run["splits"]
@@ -193,9 +196,14 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
         used = {tuple(p) for p in sp["train"]} | {tuple(p) for p in sp["val"]}
         if test & used:  # cannot happen with merge's folds; guards hand-edited metadata
             raise UserError(f"fold {i}: {len(test & used)} test samples were also trained or selected on")
-        fold_cfg = cfg.model_copy(update={"adapter_path": fold_dir(cv_dir, i), "split": "test",
-                                          "output_dir": out_dir / "folds", "name": f"fold-{i}"})
-        res = evaluate(fold_cfg)
+        tests.append(test)
+        fold_cfgs.append(cfg.model_copy(update={"adapter_path": fold_dir(cv_dir, i), "split": "test",
+                                                "output_dir": out_dir / "folds", "name": f"fold-{i}"}))
+    results = evaluate_folds(fold_cfgs) if evaluate_folds else [evaluate(c) for c in fold_cfgs]
+
+    frames, per_fold, first_summary, triages = [], [], None, []
+    seen: set[tuple[int, int]] = set()
+    for i, (res, test) in enumerate(zip(results, tests, strict=True)):
         preds = read_predictions(res / "predictions.csv")
         keys = set(zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], strict=True))
         if keys - test or keys & seen:
@@ -229,8 +237,8 @@ def evaluate_cv(cfg: EvalConfig) -> Path:
         "distinct_prompts": int(preds["prompt_sha256"].nunique()),
         "cross_validation": {"folds": k, "per_fold": per_fold,
                              "pooled": "every sample scored once, by the fold that never trained or selected on it"},
-        "generation_seconds": round(sum(json.loads((out_dir / "folds" / f"fold-{i}" / "summary.json").read_text())
-                                        .get("generation_seconds") or 0 for i in range(k)), 2),
+        "generation_seconds": round(sum(json.loads((res / "summary.json").read_text())
+                                        .get("generation_seconds") or 0 for res in results), 2),
     }
     triage = pd.concat(triages, ignore_index=True) if len(triages) == k else None
     if triage is not None:  # pooled: every sample decided by its own fold's threshold

@@ -46,10 +46,21 @@ from .container import (
     first_line,
     marker_name,
 )
-from .volumes import download, list_folders, listdir, read_json, say, stamp, upload, write_json
+from .volumes import (
+    download,
+    list_folders,
+    listdir,
+    read_json,
+    say,
+    stamp,
+    training_links,
+    upload,
+    write_json,
+)
 
 STUB = "modal_call.json"  # in the local run / result folder while (and after) it runs on Modal
 WAIT_SLICE_SECONDS = 60.0  # FunctionCall.get(timeout=...) per slice while waiting
+POLL_SECONDS = 30.0  # between status polls of several calls at once
 DONE_MARKER = {TRAIN_DIR: RUN_CONFIG, EVAL_DIR: EVAL_SUMMARY}
 
 
@@ -93,9 +104,7 @@ def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | Non
     with modal_errors(remote_cfg):
         runs = boundary.volume(remote_cfg.runs_volume)
         run_name = _remote_run_name(train_cfg, runs, merged)
-        links = {str(merged): upload(boundary.volume(remote_cfg.datasets_volume), "datasets", merged)}
-        if model_dir is not None:
-            links[train_cfg.model] = upload(boundary.volume(remote_cfg.models_volume), "models", model_dir)
+        links = training_links(train_cfg, remote_cfg, model_dir)
         kwargs = dict(settings=train_cfg.model_dump(mode="json"), links=links, run_name=run_name,
                       gpus=res.train_gpus, runs_volume=remote_cfg.runs_volume,
                       models_volume=remote_cfg.models_volume)
@@ -109,13 +118,72 @@ def evaluate_remote(eval_cfg: EvalConfig, remote_cfg: RemoteConfig) -> Path | No
     """``eval --remote``: evaluate on Modal, then download the output folder (None when detached).
 
     ``adapter_path`` may be a local run folder, or the name of a run that lives only on the runs
-    volume (a local folder holding only the ``modal_call.json`` stub counts as such).
+    volume (a local folder holding only the ``modal_call.json`` stub counts as such). A local
+    cross-validation run fans out: each fold's adapter on its own test fold in its own container
+    at once, pooled here exactly as a local eval pools them.
     """
+    from ..cross_validation import evaluate_cv, is_cv_run
+    from ..sweeps import chosen_run, is_sweep
+
+    if eval_cfg.adapter_path is None and eval_cfg.base_model is None:
+        raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
+    if is_sweep(eval_cfg.adapter_path):  # its chosen point, as a local eval does
+        eval_cfg = eval_cfg.model_copy(update={"adapter_path": chosen_run(eval_cfg.adapter_path)})
+    if is_cv_run(eval_cfg.adapter_path):
+        if remote_cfg.detach:
+            raise UserError("eval of a cross-validation run waits for its folds to pool them: drop --detach")
+        return evaluate_cv(eval_cfg, evaluate_folds=lambda cfgs: evaluate_many_remote(cfgs, remote_cfg))
+    resources(remote_cfg)
+    remote = declare(remote_cfg)
+    with modal_errors(remote_cfg):
+        runs = boundary.volume(remote_cfg.runs_volume)
+        kwargs, job, hub_model = _eval_call(eval_cfg, remote_cfg, runs)
+        return _submit(remote, remote.evaluate, kwargs, job, remote_cfg, runs, hub_model=hub_model)
+
+
+def evaluate_many_remote(cfgs: list[EvalConfig], rc: RemoteConfig) -> list[Path]:
+    """Several evals at once, one container each (the folds of a CV run); wait for all, download
+    each finished one into its local folder. One failure loses none of the others: every
+    finished result is downloaded before the one-line error naming the failed ones."""
+    if not cfgs:
+        return []
+    remote = declare(rc)
+    with modal_errors(rc):
+        runs = boundary.volume(rc.runs_volume)
+        calls = [_eval_call(c, rc, runs) for c in cfgs]
+        say(f"evaluating {len(calls)} adapters on Modal at once ({calls[0][1].gpu}, one container each)")
+        with boundary.running(remote.app):
+            for hub in {h for _, _, h in calls if h}:
+                _prefetch(remote, rc, hub)
+            fan = spawn_all(remote.evaluate, [{**kw, "call_token": job.token} for kw, job, _ in calls],
+                            max_parallel=rc.max_parallel)
+            for h, (_, job, _) in zip(fan.handles, calls, strict=True):
+                job.call_id = h.call_id
+                if h.call_id is not None:
+                    _record(runs, job)
+
+            def changed(h):
+                say(f"{calls[h.index][1].name}: {h.status}" + (f" ({h.error})" if h.error else ""))
+
+            fan.wait(interval=POLL_SECONDS, on_change=changed)
+        out, failed = [], []
+        for h, (_, job, _) in zip(fan.handles, calls, strict=True):
+            if h.status == FINISHED:
+                out.append(download(runs, f"{job.kind}/{job.name}", Path(job.local_dir)))
+            else:
+                failed.append(_failure_line(job.name, job.kind, CallState(h.status, h.result, h.reason, h.error), rc))
+        if failed:
+            raise UserError(f"{len(failed)} of {len(calls)} evals failed ({'; '.join(failed)}); the others are "
+                            "downloaded: rerun the same command")
+        return out
+
+
+def _eval_call(eval_cfg: EvalConfig, remote_cfg: RemoteConfig, runs) -> tuple[dict, Job, str | None]:
+    """Upload what one eval reads from this machine; return (call kwargs, its Job, a Hub model
+    whose weights to prefetch or None). The name on the runs volume is unique per output folder."""
     from ..task import DEFAULT_DATASET
 
     res = resources(remote_cfg)
-    if eval_cfg.adapter_path is None and eval_cfg.base_model is None:
-        raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
     merged = Path(eval_cfg.merged) if eval_cfg.merged is not None else None
     if merged is not None and not merged.is_file():
         raise UserError(f"merged file not found: {merged}")
@@ -125,44 +193,42 @@ def evaluate_remote(eval_cfg: EvalConfig, remote_cfg: RemoteConfig) -> Path | No
         if not (adapter / RUN_CONFIG).is_file():
             raise UserError(f"{adapter}: no {RUN_CONFIG}; pass a run folder written by `connectodistill train`")
         run = json.loads((adapter / RUN_CONFIG).read_text())
-    remote = declare(remote_cfg)
+    links: dict[str, str] = {}
+    uploads: list[tuple[str, Path | None, str]] = []  # (path as given, local path, volume)
+    if adapter is not None and run is None:  # not here: look for it on the runs volume
+        key = f"{TRAIN_DIR}/{adapter.name}"
+        run = read_json(runs, f"{key}/{RUN_CONFIG}")
+        if run is None:
+            raise UserError(f"adapter {adapter} not found here nor on the runs volume "
+                            f"{remote_cfg.runs_volume}, finished (`connectodistill fetch` lists what is there)")
+        links[str(adapter)] = f"runs/{key}"
+    elif adapter is not None:
+        uploads.append((str(adapter), adapter, "datasets"))
+    run = run or {}
+    report = _merge_report(merged) if merged is not None else {}
+    # The benchmark and base model evaluate() will load: local ones are uploaded too.
+    dataset = eval_cfg.dataset_name or run.get("dataset_name") or report.get("dataset_name") or DEFAULT_DATASET
+    base_model = eval_cfg.base_model or run.get("base_model")
+    base_local = _local_input(base_model, "base model")
+    uploads += [(str(dataset), _local_input(dataset, "benchmark"), "datasets"),
+                (str(base_model), base_local, "models")]
+    if merged is not None:
+        uploads.append((str(merged), merged, "datasets"))
+    for original, local, mount in uploads:
+        if local is not None:
+            links[original] = upload(boundary.volume(getattr(remote_cfg, f"{mount}_volume")), mount, local)
 
-    with modal_errors(remote_cfg):
-        runs = boundary.volume(remote_cfg.runs_volume)
-        links: dict[str, str] = {}
-        uploads: list[tuple[str, Path | None, str]] = []  # (path as given, local path, volume)
-        if adapter is not None and run is None:  # not here: look for it on the runs volume
-            key = f"{TRAIN_DIR}/{adapter.name}"
-            run = read_json(runs, f"{key}/{RUN_CONFIG}")
-            if run is None:
-                raise UserError(f"adapter {adapter} not found here nor on the runs volume "
-                                f"{remote_cfg.runs_volume}, finished (`connectodistill fetch` lists what is there)")
-            links[str(adapter)] = f"runs/{key}"
-        elif adapter is not None:
-            uploads.append((str(adapter), adapter, "datasets"))
-        run = run or {}
-        report = _merge_report(merged) if merged is not None else {}
-        # The benchmark and base model evaluate() will load: local ones are uploaded too.
-        dataset = eval_cfg.dataset_name or run.get("dataset_name") or report.get("dataset_name") or DEFAULT_DATASET
-        base_model = eval_cfg.base_model or run.get("base_model")
-        base_local = _local_input(base_model, "base model")
-        uploads += [(str(dataset), _local_input(dataset, "benchmark"), "datasets"),
-                    (str(base_model), base_local, "models")]
-        if merged is not None:
-            uploads.append((str(merged), merged, "datasets"))
-        for original, local, mount in uploads:
-            if local is not None:
-                links[original] = upload(boundary.volume(getattr(remote_cfg, f"{mount}_volume")), mount, local)
-
-        name = eval_cfg.name or _default_eval_name(eval_cfg, base_model, run, report)
-        if _run_status(runs, EVAL_DIR, name, None)["status"] == RUNNING:
-            raise UserError(f"an eval named {name} is still running on Modal: wait for it "
-                            f"(`connectodistill fetch {name} --follow`) or pass --name")
-        kwargs = dict(settings={**eval_cfg.model_dump(mode="json"), "name": name}, links=links,
-                      runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume)
-        job = Job(EVAL_DIR, name, str(Path(eval_cfg.output_dir) / name), res.eval_gpu, res.eval_timeout)
-        return _submit(remote, remote.evaluate, kwargs, job, remote_cfg, runs,
-                       hub_model=base_model if base_model and base_local is None else None)
+    local_name = eval_cfg.name or _default_eval_name(eval_cfg, base_model, run, report)
+    local_dir = Path(eval_cfg.output_dir) / local_name
+    # A fold's result folder (…/<cv result>/folds/fold-0) is named after its CV result on the volume.
+    name = local_name if local_dir.parent.name != "folds" else f"{local_dir.parent.parent.name}_{local_name}"
+    if _run_status(runs, EVAL_DIR, name, None)["status"] == RUNNING:
+        raise UserError(f"an eval named {name} is still running on Modal: wait for it "
+                        f"(`connectodistill fetch {name} --follow`) or pass --name")
+    kwargs = dict(settings={**eval_cfg.model_dump(mode="json"), "name": name}, links=links,
+                  runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume)
+    job = Job(EVAL_DIR, name, str(local_dir), res.eval_gpu, res.eval_timeout)
+    return kwargs, job, base_model if base_model and base_local is None else None
 
 
 def _ask(question: str) -> bool:

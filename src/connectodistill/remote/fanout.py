@@ -24,7 +24,7 @@ from . import boundary
 from .app import declare, resources
 from .calls import FAILED, FINISHED, QUEUED, RUNNING, Fanout, modal_errors, spawn_all
 from .container import RUN_CONFIG, TRAIN_DIR
-from .volumes import download, listdir, read_json, say, upload
+from .volumes import download, listdir, read_json, say, training_links
 
 FANOUT_RECORD = "modal_fanout.json"  # in the local CV run / sweep folder
 POLL_SECONDS = 30.0
@@ -85,7 +85,6 @@ def train_many(jobs: list[TrainJob], rc: RemoteConfig, record_dir: Path, *, max_
 
     if not jobs:
         return {}
-    merged = Path(jobs[0].cfg.augmented_dataset)
     say(estimate(jobs, rc))
     if confirm is not None and not confirm("start them?"):
         raise UserError("not started (answer yes, or pass --yes)")
@@ -95,10 +94,8 @@ def train_many(jobs: list[TrainJob], rc: RemoteConfig, record_dir: Path, *, max_
     console = Console(stderr=True)
     with modal_errors(rc):
         runs = boundary.volume(rc.runs_volume)
-        links = {str(merged): upload(boundary.volume(rc.datasets_volume), "datasets", merged)}
         model = jobs[0].cfg.model
-        if Path(model).exists():
-            links[model] = upload(boundary.volume(rc.models_volume), "models", Path(model))
+        links = training_links(jobs[0].cfg, rc, Path(model) if Path(model).exists() else None)
         kwargs = [dict(settings=j.cfg.model_dump(mode="json"), links=links, run_name=j.name, gpus=res.train_gpus,
                        runs_volume=rc.runs_volume, models_volume=rc.models_volume) for j in jobs]
         with boundary.running(remote.app):

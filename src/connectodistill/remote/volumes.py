@@ -1,7 +1,8 @@
 """This machine's view of the volumes: content-addressed uploads, small JSON records, downloads.
 
 Every function takes a volume object (``modal.Volume`` or the tests' local-folder fake) and uses
-only its client API: ``listdir``, ``read_file``, ``batch_upload``.
+only its client API: ``listdir``, ``read_file``, ``batch_upload``; ``training_links`` looks the
+volumes up itself (through ``boundary``) to upload what one training reads.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
+from ..config import RemoteConfig, TrainConfig
+from . import boundary
 from .container import EVAL_DIR, EVAL_SUMMARY, RUN_CONFIG, TRAIN_DIR
 
 
@@ -59,6 +62,24 @@ def upload(volume, mount: str, local: Path) -> str:
                 batch.put_file(path, f"/{key}" if local.is_file() else f"/{key}/{rel}")
         say(f"uploaded {local}")
     return f"{mount}/{key}"
+
+
+def training_links(cfg: TrainConfig, rc: RemoteConfig, model_dir: Path | None) -> dict[str, str]:
+    """Upload what a training reads from this machine: the merged file with the files merge wrote
+    beside it (DPO's pairs come from ``<stem>_responses.parquet``), a local base model and, for
+    dpo/grpo, the ``--from`` run folder (its adapter, prompts and splits); return the links."""
+    merged = Path(cfg.augmented_dataset)
+    datasets = boundary.volume(rc.datasets_volume)
+    links = {str(merged): upload(datasets, "datasets", merged)}
+    for side in (merged.with_name(f"{merged.stem}_responses.parquet"),
+                 merged.with_name(f"{merged.stem}_metadata.json")):  # merging.output_paths
+        if side.is_file():
+            links[str(side)] = upload(datasets, "datasets", side)
+    if model_dir is not None:
+        links[cfg.model] = upload(boundary.volume(rc.models_volume), "models", model_dir)
+    if cfg.from_run is not None:
+        links[str(cfg.from_run)] = upload(datasets, "datasets", Path(cfg.from_run))
+    return links
 
 
 def read_json(volume, path: str) -> dict | None:
