@@ -226,12 +226,11 @@ def test_cv_confidence_is_pooled_and_triage_chosen_per_fold(cv):
 def test_remote_eval_of_a_cv_run_fans_out_and_pools_what_a_local_eval_pools(cv, tmp_path, monkeypatch):
     """`eval --remote` of a CV run: one container per fold at once, each fold's result downloaded,
     pooled here as a local eval pools it (same predictions); one failed fold names itself."""
-    from remote_fakes import RC, Offline
-
     from connectodistill import remote
     from connectodistill.config import EvalConfig
     from connectodistill.errors import UserError
     from connectodistill.remote import container
+    from remote_fakes import RC, Offline
 
     offline = Offline(tmp_path / "volumes").install(monkeypatch)
     monkeypatch.setattr(container, "commit_volume", lambda name: None)
@@ -263,3 +262,12 @@ def test_remote_eval_of_a_cv_run_fans_out_and_pools_what_a_local_eval_pools(cv, 
     assert not (tmp_path / "results" / "again" / "summary.json").exists()  # nothing pooled half
     with pytest.raises(UserError, match="drop --detach"):
         remote.evaluate_remote(again, RC.model_copy(update={"detach": True}))
+
+    # a sweep folder is evaluated by its chosen point (here that CV run), as a local eval does
+    offline.run = None
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "point-0").symlink_to(cv["run"], target_is_directory=True)
+    (sweep / "sweep.json").write_text(json.dumps({"chosen": {"run": "point-0"}}))
+    out = remote.evaluate_remote(ecfg.model_copy(update={"adapter_path": sweep, "name": "swept"}), RC)
+    assert (out / "summary.json").is_file() and offline.calls[-1]["settings"]["name"] == "swept_fold-2"

@@ -24,20 +24,11 @@ from pathlib import Path
 
 from .config import EvalConfig, TrainConfig
 from .errors import UserError
+from .run_folders import CV_CONFIG, fold_dir, fold_status, is_cv_run
+from .runs import RUN_CONFIG
 from .task import ID_COLUMNS
 
 __all__ = ["CV_CONFIG", "cv_folds", "evaluate_cv", "fold_dir", "is_cv_run", "train_cv"]
-
-CV_CONFIG = "cv_config.json"
-
-
-def fold_dir(cv_dir: Path, fold: int) -> Path:
-    return Path(cv_dir) / f"fold-{fold}"
-
-
-def is_cv_run(path) -> bool:
-    return path is not None and (Path(path) / CV_CONFIG).is_file()
-
 
 def cv_folds(merged: Path) -> list[dict]:
     """The per-fold split lists of a ``merge --folds K`` file (UserError if it has none)."""
@@ -90,16 +81,6 @@ def plan_cv(cfg: TrainConfig) -> tuple[Path, list[int], dict]:
     return cv_dir, todo, config
 
 
-def fold_status(cv_dir: Path, fold: int) -> str:
-    """``done`` (adapter + training_config.json), ``partial`` (checkpoints only) or ``missing``."""
-    from .training import RUN_CONFIG
-
-    d = fold_dir(cv_dir, fold)
-    if (d / RUN_CONFIG).is_file():
-        return "done"
-    return "partial" if (d / "checkpoints").is_dir() else "missing"
-
-
 def fold_config(cfg: TrainConfig, cv_dir: Path, fold: int) -> TrainConfig:
     """The single-fold training config: that fold's split lists, its own run folder."""
     partial = fold_status(cv_dir, fold) == "partial"
@@ -114,16 +95,15 @@ def write_cv_config(cv_dir: Path, config: dict) -> None:
     atomic_write_json(cv_dir / CV_CONFIG, config)
 
 
-def train_cv(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
-    """Train one student per fold (or only ``cfg.fold``); return the CV run folder.
+def train_cv(cfg: TrainConfig, train: Callable[..., Path], *, callbacks: list | None = None) -> Path:
+    """Train one student per fold (or only ``cfg.fold``) with ``train`` (``training.train``, one
+    run per call); return the CV run folder.
 
     Finished folds are skipped, interrupted ones resumed from their last checkpoint. A fold
     that fails is recorded in ``cv_config.json`` and the others still run; the call then
     raises a UserError naming the failed folds (rerun to continue only those).
     """
     from rich.console import Console
-
-    from .training import train
 
     console = Console(stderr=True)
     cv_dir, todo, config = plan_cv(cfg)
@@ -155,16 +135,16 @@ def train_cv(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
 
 
 # ----------------------------------------------------------------------------- eval
-def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], list[Path]] | None = None) -> Path:
+def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], list[Path]]) -> Path:
     """Score each fold's adapter on its own test fold; pool into one result folder.
 
-    ``evaluate_folds`` runs the folds' evals and returns their result folders; by default one
-    after another here (``eval --remote`` passes one that runs them at once on Modal)."""
+    ``evaluate_folds`` runs the folds' evals and returns their result folders: ``evaluate``
+    passes one that runs them one after another here, ``eval --remote`` one that runs them at
+    once on Modal."""
     import pandas as pd
 
-    from .evaluation import (
+    from .results import (
         confidence_summary,
-        evaluate,
         plot_confidence,
         plot_confusion,
         print_summary,
@@ -173,8 +153,6 @@ def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], li
         write_predictions,
     )
     from .scoring import classification_metrics
-    from .training import RUN_CONFIG
-
     cv_dir = Path(cfg.adapter_path)
     config = _read_cv_config(cv_dir)
     k = int(config["folds"])
@@ -199,7 +177,7 @@ def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], li
         tests.append(test)
         fold_cfgs.append(cfg.model_copy(update={"adapter_path": fold_dir(cv_dir, i), "split": "test",
                                                 "output_dir": out_dir / "folds", "name": f"fold-{i}"}))
-    results = evaluate_folds(fold_cfgs) if evaluate_folds else [evaluate(c) for c in fold_cfgs]
+    results = evaluate_folds(fold_cfgs)
 
     frames, per_fold, first_summary, triages = [], [], None, []
     seen: set[tuple[int, int]] = set()

@@ -259,7 +259,7 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
         raise RuntimeError("a sample outside the train split reached the DPO pairs")
     image_cols = data.image_cols
     # Fail now, not hours into a GPU run, if the longest conversations do not fit max_length.
-    from .training import DistillCollator
+    from .collator import DistillCollator
 
     collator = DistillCollator(processor, image_cols, cfg.max_length)
     longest = sorted(((p, t) for p in pairs for t in (p.chosen, p.rejected)),

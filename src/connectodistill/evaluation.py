@@ -8,7 +8,6 @@ so a student is scored exactly as it was trained; a conflicting flag is refused 
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import re
@@ -27,6 +26,18 @@ from .conversation import (
 from .errors import UserError
 from .generation import generate_answers, letter_probabilities
 from .prompts import SamplePrompt, choose_setting, first_stored, sample_prompts
+from .results import (  # noqa: F401 - importable from here too
+    _json_default,
+    confidence_summary,
+    plot_confidence,
+    plot_confusion,
+    print_summary,
+    read_predictions,
+    sample_ids_hash,
+    write_predictions,
+)
+from .run_folders import EXPORT_MANIFEST, chosen_run, is_cv_run, is_sweep
+from .runs import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
 from .task import (
     DEFAULT_CONFIG,
     DEFAULT_DATASET,
@@ -35,7 +46,6 @@ from .task import (
     image_columns,
     label_column,
 )
-from .training import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
 
 PREDICTION_COLUMNS = (
     "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
@@ -48,8 +58,6 @@ PREDICTION_COLUMNS = (
 def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
     """What to evaluate and how: from the adapter's training_config.json (or an exported
     model's connectodistill_export.json, the same fields), or from the flags."""
-    from .exporting import EXPORT_MANIFEST
-
     if cfg.adapter_path is not None and cfg.model is not None:
         raise UserError("pass either --adapter-path RUN or --model EXPORTED_FOLDER, not both")
     if cfg.adapter_path is not None or cfg.model is not None:
@@ -257,11 +265,6 @@ def train_keys(settings: dict) -> set[tuple[int, int]]:
     return {tuple(int(x) for x in p) for p in (settings["splits"] or {}).get("train", [])}
 
 
-def sample_ids_hash(pids, cids) -> str:
-    pairs = sorted(f"{int(p)}:{int(c)}" for p, c in zip(pids, cids, strict=True))
-    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
-
-
 def default_name(cfg: EvalConfig, settings: dict, split: str) -> str:
     student = cfg.adapter_path or cfg.model
     base = Path(student).name if student else "base_" + Path(settings["base_model"].rstrip("/")).name
@@ -273,14 +276,13 @@ def default_name(cfg: EvalConfig, settings: dict, split: str) -> str:
 def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     """Score a student (adapter) or a base model on held-out samples; return the output folder."""
     cfg = resolve(EvalConfig, config, overrides)
-    from .cross_validation import evaluate_cv, is_cv_run
-    from .sweeps import chosen_run, is_sweep
+    from .cross_validation import evaluate_cv
 
     if is_sweep(cfg.adapter_path):  # a sweep folder: its chosen point (chosen on val)
         cfg = cfg.model_copy(update={"adapter_path": chosen_run(cfg.adapter_path)})
 
     if is_cv_run(cfg.adapter_path):  # each fold on its own test fold, pooled
-        return evaluate_cv(cfg)
+        return evaluate_cv(cfg, evaluate_folds=lambda cfgs: [evaluate(c) for c in cfgs])
 
     # 1. Settings and samples: the adapter's test ids by default, from the full benchmark.
     settings = _run_settings(cfg)
@@ -485,34 +487,6 @@ def vote_columns(sampled: list[list]) -> dict:
             "vote_letters": ["".join(x or "-" for x in letters) for letters in sampled]}
 
 
-def confidence_summary(preds, seed: int = 0) -> dict:
-    """Calibration and selective accuracy of a predictions frame (``calibration.summarize``):
-    ece, brier, aurc, coverage_at_accuracy, reliability of ``confidence``; with vote columns
-    also ``vote_accuracy`` and ``votes`` (the majority's metrics and vote-share calibration).
-
-    Computed from the frame alone, so a pooled frame (cross-validation) gets pooled figures.
-    """
-    import numpy as np
-
-    from .calibration import LETTER_COLUMNS, summarize, vote_distribution
-    from .scoring import classification_metrics
-
-    truth = preds["ground_truth_letter"].tolist()
-    out = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
-                    preds[list(LETTER_COLUMNS)].to_numpy(float), truth)
-    if "vote_letters" in preds:
-        letters = [x if isinstance(x, str) else None for x in preds["vote_letter"]]
-        m = classification_metrics(truth, letters, seed=seed,
-                                   groups=preds["split_group"].to_numpy() if "split_group" in preds else None)
-        dist = np.stack([vote_distribution([c if c != "-" else None for c in str(v)]) for v in preds["vote_letters"]])
-        correct = np.array([x == t for x, t in zip(letters, truth, strict=True)], dtype=float)
-        out["vote_accuracy"] = m["accuracy"]
-        out["votes"] = {**{k: m[k] for k in ("n", "accuracy", "accuracy_ci", "balanced_accuracy",
-                                             "balanced_accuracy_ci", "unparsed_rate")},
-                        **summarize(preds["vote_share"].to_numpy(float), correct, dist, truth)}
-    return out
-
-
 def _val_pass(model, processor, bench, settings: dict, cfg: EvalConfig, image_cols) -> Any:
     """Greedy responses and letter probabilities on the val split (all of it, never test): the
     per-sample frame a triage threshold is chosen on."""
@@ -569,108 +543,6 @@ def choose_triage(val, preds, target: float, column: str = "confidence") -> tupl
                                                                                   val["current_root_id"])},
         **here, "evaluated_samples_in_val": overlap,
     }
-
-
-def plot_confidence(summary: dict, preds, out_dir: Path) -> None:
-    """``reliability.png`` and ``risk_coverage.png``: letter probability, and vote share with --votes."""
-    from .calibration import plot_reliability, plot_risk_coverage
-
-    bins = {"letter probability": summary["reliability"]}
-    curves = {"letter probability": (preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float))}
-    if "votes" in summary:
-        k = summary["votes"].get("k")
-        bins[f"vote share (K={k})"] = summary["votes"]["reliability"]
-        correct = (preds["vote_letter"] == preds["ground_truth_letter"]).to_numpy(float)
-        curves[f"vote share (K={k})"] = (preds["vote_share"].to_numpy(float), correct)
-    title = f"{summary['name']} (n={summary['n']})"
-    plot_reliability(bins, out_dir / "reliability.png", f"{title}: ECE {summary['ece']:.3f}")
-    plot_risk_coverage(curves, out_dir / "risk_coverage.png", title)
-
-
-def write_predictions(preds, path: Path) -> None:
-    """Per-sample CSV. Every text field is quoted: generated text can hold a bare '\r', which
-    minimal quoting leaves unquoted and CSV readers then take for a line break."""
-    from .data import atomic_write_text
-
-    atomic_write_text(path, preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
-
-
-def read_predictions(path: Path):
-    """The per-sample CSV back, ids as exact int64."""
-    import pandas as pd
-
-    return pd.read_csv(path, dtype={c: "int64" for c in ID_COLUMNS})
-
-
-def _json_default(o):
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    raise TypeError(type(o).__name__)
-
-
-def plot_confusion(summary: dict, path: Path) -> None:
-    """Confusion matrix as a PNG (rows: ground truth; columns: prediction, incl. unparsed)."""
-    import numpy as np
-    from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
-
-    cm = summary["confusion"]
-    m = np.array(cm["matrix"])
-    fig = Figure(figsize=(5.5, 4.5))
-    ax = fig.subplots()
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(cm["columns"])), cm["columns"])
-    ax.set_yticks(range(len(cm["rows"])), cm["rows"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("ground truth")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            if m[i, j]:
-                ax.text(j, i, str(m[i, j]), ha="center", va="center",
-                        color="white" if m[i, j] > m.max() / 2 else "black")
-    flag = "  [INCLUDES TRAIN SAMPLES]" if summary.get("includes_train_samples") else ""
-    ax.set_title(f"{summary['name']}{flag}\naccuracy {summary['accuracy']:.3f} (n={summary['n']})", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    tmp.replace(path)
-
-
-def print_summary(summary: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    lo, hi = summary["accuracy_ci"]
-    blo, bhi = summary["balanced_accuracy_ci"]
-    t = Table(title=f"eval {summary['name']}")
-    for col in ("n", "accuracy (95% CI)", "balanced acc. (95% CI)", "unparsed"):
-        t.add_column(col)
-    t.add_row(str(summary["n"]), f"{summary['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]",
-              f"{summary['balanced_accuracy']:.3f} [{blo:.3f}, {bhi:.3f}]", f"{summary['unparsed_rate']:.3f}")
-    console = Console(stderr=True)
-    console.print(t)
-    if summary.get("ece") is not None:
-        from .calibration import reading
-
-        cov = summary["coverage_at_accuracy"]
-        console.print(f"confidence (letter probability): ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}, "
-                      f"AURC {summary['aurc']:.3f}, coverage at 90/95/99% accuracy "
-                      f"{cov['0.90']:.2f}/{cov['0.95']:.2f}/{cov['0.99']:.2f}")
-        if "votes" in summary:
-            v = summary["votes"]
-            console.print(f"majority of {v.get('k')} sampled: accuracy {v['accuracy']:.3f}; vote share ECE "
-                          f"{v['ece']:.3f}, AURC {v['aurc']:.3f}")
-        if "triage" in summary:
-            tr = summary["triage"]
-            if "thresholds" in tr:  # cross-validation: each fold chose on its own val part
-                where = "thresholds chosen on each fold's own val samples"
-            else:
-                thr = "none reaches it" if tr["threshold"] is None else f"{tr['threshold']:.3f}"
-                where = f"threshold {thr}, chosen on {tr['val']['n']} val samples"
-            console.print(f"triage at {tr['target_accuracy']:.0%} ({where}): {reading(tr['coverage'], tr['accuracy'])}")
-    if summary["includes_train_samples"]:
-        console.print("[bold red]warning: these samples include training samples of this adapter[/]")
 
 
 __all__ = ["evaluate", "generate_answers", "select_samples", "sample_name"]

@@ -20,21 +20,12 @@ from pathlib import Path
 
 from .config import ExportConfig, resolve
 from .errors import UserError
+from .run_folders import EXPORT_MANIFEST, chosen_run, fold_dir, is_cv_run, is_export, is_sweep  # noqa: F401
+from .runs import RUN_CONFIG
 
 __all__ = ["EXPORT_MANIFEST", "export", "is_export", "model_card"]
 
-EXPORT_MANIFEST = "connectodistill_export.json"
-
-
-def is_export(path) -> bool:
-    return path is not None and (Path(path) / EXPORT_MANIFEST).is_file()
-
-
 def _run_folder(cfg: ExportConfig) -> Path:
-    from .cross_validation import fold_dir, is_cv_run
-    from .sweeps import chosen_run, is_sweep
-    from .training import RUN_CONFIG
-
     run = Path(cfg.run)
     if is_sweep(run):
         run = chosen_run(run)

@@ -68,9 +68,8 @@ class Plan:
 # ============================================================================ checks
 def resolve_students(cfg: PredictConfig) -> tuple[str, list[Path], list[dict]]:
     """(kind, student folders, their settings) for --adapter-path / --model, --ensemble, --fold."""
-    from .cross_validation import fold_dir, fold_status, is_cv_run
     from .evaluation import run_settings
-    from .sweeps import chosen_run, is_sweep
+    from .run_folders import chosen_run, fold_dir, fold_status, is_cv_run, is_sweep
 
     if cfg.adapter_path is None and cfg.model is None:
         raise UserError("no model given: pass --adapter-path RUN (a run, cross-validation or sweep folder) "

@@ -41,7 +41,7 @@ def _load_result(path: Path):
         summary["sample_ids_hash"], summary["accuracy"]  # noqa: B018 - the fields the table needs
     except (ValueError, KeyError) as e:
         raise UserError(f"{folder / 'summary.json'}: unreadable or incomplete ({e}); re-run eval") from e
-    from .evaluation import read_predictions
+    from .results import read_predictions
 
     preds = read_predictions(folder / "predictions.csv")
     return folder, summary, preds
@@ -309,7 +309,7 @@ def student_confidence(folder: Path, summary: dict, preds) -> dict:
     triage = summary.get("triage")
     if triage and (folder / "triage.csv").is_file():  # the accepted samples, as eval decided them
         from .calibration import reading
-        from .evaluation import read_predictions
+        from .results import read_predictions
 
         t = read_predictions(folder / "triage.csv").merge(preds[[*ID_COLUMNS, "correct"]], on=list(ID_COLUMNS))
         auto = t["decision"] == "auto"

@@ -13,15 +13,17 @@ from __future__ import annotations
 import itertools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig
 from .errors import UserError
+from .run_folders import CV_CONFIG, SWEEP_FILE, chosen_run, fold_status, is_sweep
+from .runs import RUN_CONFIG
 
 __all__ = ["SWEEP_FILE", "choose", "chosen_run", "grid", "is_sweep", "parse_sweep", "train_sweep"]
 
-SWEEP_FILE = "sweep.json"
 # Settings a sweep may vary: the training knobs, not the data or the model.
 SWEEPABLE = ("learning_rate", "lora_r", "lora_alpha", "lora_dropout", "epochs", "batch_size",
              "gradient_accumulation", "warmup_steps", "weight_decay", "max_pixels", "tune_vision",
@@ -64,23 +66,8 @@ def grid(cfg: TrainConfig, axes: dict[str, list]) -> list[dict[str, Any]]:
     return out
 
 
-def is_sweep(path) -> bool:
-    return path is not None and (Path(path) / SWEEP_FILE).is_file()
-
-
-def chosen_run(path: Path) -> Path:
-    """The chosen point's run folder of a finished sweep."""
-    data = json.loads((Path(path) / SWEEP_FILE).read_text())
-    if not data.get("chosen"):
-        raise UserError(f"{path}: the sweep has no chosen point yet; rerun the same `train --sweep` command")
-    return Path(path) / data["chosen"]["run"]
-
-
 def _point_metric(run: Path) -> tuple[float | None, list]:
     """(the point's val metric, per-fold metrics) from its training_config.json file(s)."""
-    from .cross_validation import CV_CONFIG
-    from .training import RUN_CONFIG
-
     if (run / CV_CONFIG).is_file():
         k = json.loads((run / CV_CONFIG).read_text())["folds"]
         per = [json.loads((run / f"fold-{i}" / RUN_CONFIG).read_text()).get("best_metric") for i in range(k)]
@@ -92,9 +79,6 @@ def _point_metric(run: Path) -> tuple[float | None, list]:
 
 
 def _done(run: Path) -> bool:
-    from .cross_validation import CV_CONFIG, fold_status
-    from .training import RUN_CONFIG
-
     if (run / CV_CONFIG).is_file():
         k = json.loads((run / CV_CONFIG).read_text())["folds"]
         return all(fold_status(run, i) == "done" for i in range(k))
@@ -109,11 +93,10 @@ def sweep_dir_for(cfg: TrainConfig) -> Path:
     return Path(cfg.output_dir) / "_".join(re.sub(r"[^\w.-]+", "-", str(p)) for p in parts if p)
 
 
-def train_sweep(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
-    """Train every grid point (skipping finished ones), choose on val, write sweep.json."""
+def train_sweep(cfg: TrainConfig, train: Callable[..., Path], *, callbacks: list | None = None) -> Path:
+    """Train every grid point with ``train`` (``training.train``: a point may be a CV run),
+    skipping finished ones; choose on val, write sweep.json."""
     from rich.console import Console
-
-    from .training import train
 
     if cfg.select_by == "last":
         raise UserError("a sweep chooses on validation: pass --select-by val_loss or --select-by val_accuracy")

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from . import runs
+from .collator import IGNORE_INDEX, DistillCollator  # noqa: F401 - importable from here too
 from .config import TrainConfig, resolve
-from .conversation import build_messages, load_images
 from .errors import UserError
-from .examples import (
+from .examples import (  # noqa: F401 - Example, importable from here too
     Example,
     build_examples,
     load_training_data,
@@ -36,83 +35,6 @@ from .runs import (  # noqa: F401 - the run-folder names and helpers, importable
 )
 from .runs import shared_run_dir as _shared_run_dir  # noqa: F401
 
-IGNORE_INDEX = -100
-
-
-# ----------------------------------------------------------------------------- collator
-class DistillCollator:
-    """Examples -> model inputs with labels only on the assistant answer and its end token.
-
-    The prompt is rendered with the generation prompt and run through the processor with the
-    images (so image tokens are expanded exactly as at eval time); the answer is tokenized
-    on its own and appended. Labels are -100 on the prompt, the images and the padding.
-    Image tokens are never truncated: an over-long sample is an error.
-    """
-
-    def __init__(self, processor, image_cols: tuple[str, ...], max_length: int | None = None):
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.image_cols = image_cols
-        self.max_length = max_length
-        self.end_token = "<|im_end|>"
-        self.end_id = self.tokenizer.convert_tokens_to_ids(self.end_token)
-        self.pad_id = self.tokenizer.pad_token_id
-
-    def encode(self, ex: Example) -> dict:
-        import torch
-
-        tmpl = self.processor.apply_chat_template
-        n_images = len(self.image_cols)
-        prompt_text = tmpl(build_messages(ex.prompt, n_images=n_images, layout=ex.layout),
-                           add_generation_prompt=True, tokenize=False)
-        full_text = tmpl(build_messages(ex.prompt, ex.target, n_images=n_images, layout=ex.layout), tokenize=False)
-        # The label boundary relies on the template rendering the prompt as a strict prefix.
-        if not full_text.startswith(prompt_text + ex.target + self.end_token):
-            raise UserError(
-                "the model's chat template does not render the prompt as a prefix of the "
-                "conversation; cannot place the loss mask safely"
-            )
-        images = load_images(ex.row, self.image_cols)
-        enc = self.processor(text=[prompt_text], images=images, return_tensors="pt")
-        answer = self.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [self.end_id]
-        n_prompt = enc["input_ids"].shape[1]
-        out = {}
-        for k, v in enc.items():
-            if torch.is_tensor(v) and v.dim() == 2 and v.shape == enc["input_ids"].shape:
-                extra = {"input_ids": answer, "attention_mask": [1] * len(answer)}.get(k, [0] * len(answer))
-                out[k] = torch.cat([v[0], torch.tensor(extra, dtype=v.dtype)])
-            else:
-                out[k] = v
-        out["labels"] = torch.cat(
-            [torch.full((n_prompt,), IGNORE_INDEX), torch.tensor(answer)]
-        )
-        if self.max_length and out["input_ids"].shape[0] > self.max_length:
-            raise UserError(
-                f"sample {ex.key[0]}/{ex.key[1]} needs {out['input_ids'].shape[0]} tokens "
-                f"({n_prompt} prompt incl. images + {len(answer)} answer) > max_length "
-                f"{self.max_length}; lower --max-pixels or raise max_length"
-            )
-        return out
-
-    def __call__(self, examples: list[Example]) -> dict:
-        import torch
-
-        encoded = [self.encode(ex) for ex in examples]
-        width = max(e["input_ids"].shape[0] for e in encoded)
-        batch: dict[str, Any] = {}
-        for k in encoded[0]:
-            vals = [e[k] for e in encoded]
-            if vals[0].dim() == 1:  # per-token: right-pad to the batch width
-                fill = {"input_ids": self.pad_id, "labels": IGNORE_INDEX}.get(k, 0)
-                batch[k] = torch.stack(
-                    [torch.cat([v, torch.full((width - len(v),), fill, dtype=v.dtype)]) for v in vals]
-                )
-            else:  # pixel_values / image_grid_thw: concatenated over all images of the batch
-                batch[k] = torch.cat(vals, dim=0)
-        if not (batch["labels"] != IGNORE_INDEX).any():
-            raise ValueError("batch has no label tokens: the loss would be NaN")
-        return batch
-
 
 # ----------------------------------------------------------------------------- the recipe
 def train(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
@@ -125,7 +47,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     if cfg.sweep:  # a grid of settings, chosen on val
         from .sweeps import train_sweep
 
-        return train_sweep(cfg, callbacks=callbacks)
+        return train_sweep(cfg, train, callbacks=callbacks)
     if cfg.method != "sft":  # the sibling recipes continue an SFT run (--from): dpo.py, grpo.py
         from .dpo import train_dpo
         from .grpo import train_grpo
@@ -136,7 +58,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     if cfg.folds:  # one student per cross-validation fold, each a run like this one
         from .cross_validation import train_cv
 
-        return train_cv(cfg, callbacks=callbacks)
+        return train_cv(cfg, train, callbacks=callbacks)
     t_start = time.time()
 
     # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,

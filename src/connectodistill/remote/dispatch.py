@@ -122,8 +122,8 @@ def evaluate_remote(eval_cfg: EvalConfig, remote_cfg: RemoteConfig) -> Path | No
     cross-validation run fans out: each fold's adapter on its own test fold in its own container
     at once, pooled here exactly as a local eval pools them.
     """
-    from ..cross_validation import evaluate_cv, is_cv_run
-    from ..sweeps import chosen_run, is_sweep
+    from ..cross_validation import evaluate_cv
+    from ..run_folders import chosen_run, is_cv_run, is_sweep
 
     if eval_cfg.adapter_path is None and eval_cfg.base_model is None:
         raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
