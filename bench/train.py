@@ -5,7 +5,7 @@ project's real collator and prompt.
 CUDA (when present): also a randomly-initialised model of the real Qwen3-VL-8B shape (no
 weights needed), bf16, for a few pixel budgets and batch sizes, with peak memory and MFU.
 
-    python bench/train.py [--steps 20] [--batch-sizes 2,8] [--out bench/results/train.json]
+    python bench/train.py [--steps 20] [--batch-sizes 2,8] [--full-logits] [--out bench/results/train.json]
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def examples_and_collator(student: Path, n: int, max_pixels: int | None = None):
     return ex, DistillCollator(processor, cols), budget
 
 
-def time_steps(model, collator, examples, batch_size: int, steps: int, device: str) -> dict:
+def time_steps(model, collator, examples, batch_size: int, steps: int, device: str,
+               full_logits: bool = False) -> dict:
     import torch
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -65,7 +66,8 @@ def time_steps(model, collator, examples, batch_size: int, steps: int, device: s
     for step in range(steps + 2):  # 2 warm-up steps
         batch_ex = [examples[(step * batch_size + i) % len(examples)] for i in range(batch_size)]
         t0 = time.perf_counter()
-        batch = {k: v.to(device) for k, v in collator(batch_ex).items()}
+        batch = {k: v.to(device) for k, v in collator(batch_ex).items()
+                 if not (full_logits and k in ("logits_to_keep", "shift_labels"))}
         sync()
         t1 = time.perf_counter()
         with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
@@ -88,7 +90,7 @@ def time_steps(model, collator, examples, batch_size: int, steps: int, device: s
     }
 
 
-def cpu_bench(steps: int, batch_sizes: list[int], workdir: Path) -> list[dict]:
+def cpu_bench(steps: int, batch_sizes: list[int], workdir: Path, full_logits: bool = False) -> list[dict]:
     import torch
 
     from connectodistill.modeling import add_lora, load_model
@@ -101,7 +103,8 @@ def cpu_bench(steps: int, batch_sizes: list[int], workdir: Path) -> list[dict]:
         torch.manual_seed(0)
         model = add_lora(load_model(str(student)), r=16, alpha=16, dropout=0.0)
         rows.append({"model": "tiny qwen3-vl (offline kit)", "device": "cpu", "pixel_budget": budget,
-                     **time_steps(model, collator, examples, bs, steps, "cpu")})
+                     "logits": "every position" if full_logits else "label positions",
+                     **time_steps(model, collator, examples, bs, steps, "cpu", full_logits)})
         print(json.dumps(rows[-1]))
     return rows
 
@@ -151,12 +154,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-sizes", default="2,8")
+    ap.add_argument("--full-logits", action="store_true",
+                    help="Logits at every position (the collator's output before it kept only the "
+                         "positions the loss reads), for comparison.")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
-        rows = cpu_bench(args.steps, [int(b) for b in args.batch_sizes.split(",")], Path(tmp))
+        rows = cpu_bench(args.steps, [int(b) for b in args.batch_sizes.split(",")], Path(tmp), args.full_logits)
         if torch.cuda.is_available():
             rows += cuda_bench(max(5, args.steps // 4), Path(tmp))
     result = {"machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),

@@ -64,6 +64,24 @@ def test_labels_are_exactly_the_answer_and_end_token(processor, examples):
     assert (batch["input_ids"] == image_id).sum() == batch["image_grid_thw"].prod(-1).sum() // 4
 
 
+def test_logits_only_where_the_loss_reads_them(tiny_student, processor, examples):
+    import torch
+
+    from connectodistill.modeling import load_model
+
+    ex, cols = examples
+    batch = DistillCollator(processor, cols)(ex[:3])
+    model = load_model(str(tiny_student))
+    full = {k: v for k, v in batch.items() if k not in ("logits_to_keep", "shift_labels")}
+    with torch.no_grad():
+        kept, every = model(**batch), model(**full)
+    n_prompt = int((batch["labels"][0] == IGNORE_INDEX).sum())
+    assert kept.logits.shape[1] == len(batch["logits_to_keep"]) < n_prompt < every.logits.shape[1]
+    # The same loss as over the whole sequence: no label is dropped, none counted twice.
+    assert torch.allclose(kept.loss, every.loss, atol=1e-5)
+    assert int((batch["shift_labels"] != IGNORE_INDEX).sum()) == int((batch["labels"] != IGNORE_INDEX).sum())
+
+
 def test_a_batch_without_labels_is_refused(processor, examples):
     ex, cols = examples
     col = DistillCollator(processor, cols)

@@ -20,7 +20,8 @@ class DistillCollator:
     The prompt is rendered with the generation prompt and run through the processor with the
     images (so image tokens are expanded exactly as at eval time); the answer is tokenized
     on its own and appended. Labels are -100 on the prompt, the images and the padding.
-    Image tokens are never truncated: an over-long sample is an error.
+    Image tokens are never truncated: an over-long sample is an error. Logits are computed only
+    where the loss reads them (``logits_to_keep`` + ``shift_labels``).
     """
 
     def __init__(self, processor, image_cols: tuple[str, ...], max_length: int | None = None):
@@ -85,4 +86,12 @@ class DistillCollator:
                 batch[k] = torch.cat(vals, dim=0)
         if not (batch["labels"] != IGNORE_INDEX).any():
             raise ValueError("batch has no label tokens: the loss would be NaN")
+        # The loss needs logits only at positions followed by a label (the answer), not at the
+        # prompt's: on a real student (151k-word vocabulary, long prompts) the full logit tensor
+        # is most of a step's activation memory. transformers' own loss takes `shift_labels`
+        # aligned with the kept positions; `labels` stays so that the model computes it.
+        labels = batch["labels"]
+        positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
+        batch["logits_to_keep"] = positions
+        batch["shift_labels"] = labels[:, positions + 1].contiguous()
         return batch

@@ -120,6 +120,8 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
                                  greater=cfg.select_by == "val_accuracy"),
         label_names=["labels"],
         ddp_find_unused_parameters=False,
+        # val_loss needs the loss only; gathering every val batch's logits costs GPU memory.
+        prediction_loss_only=True,
     )
     trainer = DistillTrainer(
         model=model, args=args, train_dataset=train_ex, eval_dataset=val_ex if has_val else None,

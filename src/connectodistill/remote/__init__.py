@@ -36,7 +36,8 @@ from .app import (
 )
 from .calls import CallHandle, CallState, Fanout, poll_call, spawn_all, wait_call
 from .container import MOUNTS, ROOT_ENV, evaluate_in_container, train_in_container, volumes_root
-from .dispatch import evaluate_remote, fetch, list_runs, remote_check, train_remote
+from .dispatch import evaluate_remote, remote_check, train_remote
+from .jobs import fetch, list_runs
 
 __all__ = [
     "EVAL_TIMEOUT", "GPUS", "MAX_TIMEOUT", "MOUNTS", "ROOT_ENV", "TRAIN_RETRIES", "TRAIN_TIMEOUT",

@@ -49,7 +49,7 @@ def _shard_name(k: int) -> str:
 
 
 def _local_complete(out: Path, k: int, rng: tuple[int, int], chunk_size: int) -> bool:
-    from ..prediction import chunk_meta
+    from ..prediction_files import chunk_meta
 
     folder = out / SHARDS_DIR / _shard_name(k) / "chunks"
     for i, start in enumerate(range(rng[0], rng[1], chunk_size)):
@@ -163,7 +163,7 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
     atomic_write_json(out / SUMMARY, summary)
     from rich.console import Console
 
-    from ..prediction import report
+    from ..prediction_files import report
 
     report(summary, out, p.settings[0], Console(stderr=True))
     return out
