@@ -314,9 +314,13 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
     """Keyword arguments every TRL recipe's config takes, as SFT's TrainingArguments (bf16 only on
     a GPU that has it: TRL's own default is bf16 everywhere)."""
     import torch
+    from transformers import TrainingArguments
 
     cuda = torch.cuda.is_available()
     gc = gradient_checkpointing(cfg)
+    # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn)
+    ckpt = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
     return dict(
         output_dir=str(run_dir / "checkpoints"),
         num_train_epochs=cfg.epochs,
@@ -335,8 +339,7 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
         load_best_model_at_end=bool(metric),
         metric_for_best_model=metric,
         greater_is_better=greater if metric else None,
-        gradient_checkpointing=gc,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        **{ckpt: gc, f"{ckpt}_kwargs": {"use_reentrant": False} if gc else None},
         report_to=["wandb"] if cfg.use_wandb else [],
         run_name=run_dir.name,
         seed=cfg.seed,
