@@ -152,7 +152,8 @@ ESTIMATE_S = {"train": 90, "train_small_budget": 15, "memory": 45, "generation":
 FLOP_MODEL = (
     "Counted per step from the batch's real (unpadded) sequence lengths and image grids, "
     "multiply-add = 2 FLOPs. Language model, per token: 2 x the decoder layers' linear "
-    "weights (q,k,v,o,gate,up,down) + 2 x lm_head (logits are computed for every position) "
+    "weights (q,k,v,o,gate,up,down) + 2 x lm_head at the positions the loss reads (the "
+    "collator's logits_to_keep; every position without it) "
     "+ LoRA 2 r (in+out) per adapted linear; causal attention 2 x heads x head_dim x L(L+1) "
     "per layer and sequence. Vision tower, per patch: patch embedding + 2 x the blocks' linear "
     "weights, full attention 4 x hidden x P^2 per block and image, the merger and the 3 "
@@ -412,7 +413,7 @@ def meta_check(modeling, tokenizer, lora: dict) -> dict:
 
 # ----------------------------------------------------------------------------- FLOPs
 def step_flops(cfg, seq_lens: list[int], grids: list[tuple[int, int, int]], *, lora_r: int,
-               tune_vision: bool) -> dict:
+               tune_vision: bool, head_tokens: int | None = None) -> dict:
     """Forward, backward and recomputed FLOPs of one training step (see FLOP_MODEL)."""
     t, v = cfg.text_config, cfg.vision_config
     h, layers, ffn, vocab = t.hidden_size, t.num_hidden_layers, t.intermediate_size, t.vocab_size
@@ -423,7 +424,7 @@ def step_flops(cfg, seq_lens: list[int], grids: list[tuple[int, int, int]], *, l
     tokens = sum(seq_lens)
     lin = 2 * layers * layer_w * tokens
     attn = layers * sum(2 * q * n * (n + 1) for n in seq_lens)
-    head = 2 * h * vocab * tokens
+    head = 2 * h * vocab * (tokens if head_tokens is None else head_tokens)
     lora = 2 * lora_r * layers * layer_lora * tokens
     text_fwd = lin + attn + head + lora
     text_bwd = lin + 2 * attn + head + 2 * lora
@@ -536,7 +537,9 @@ def time_train(ctx: Ctx, model, collator, batch_size: int, steps: int, warmup: i
         label_tokens += int((batch["labels"] != -100).sum())
         patches += sum(a * b * c for a, b, c in grids)
         image_tokens += sum(a * b * c for a, b, c in grids) // factor
-        f = step_flops(ctx.cfg, lens, grids, lora_r=ctx.lora["lora_r"], tune_vision=tune_vision)
+        kept = batch.get("logits_to_keep")
+        f = step_flops(ctx.cfg, lens, grids, lora_r=ctx.lora["lora_r"], tune_vision=tune_vision,
+                       head_tokens=None if kept is None else int(kept.numel()))
         for k in flops:
             flops[k] += f[k]
         losses.append(float(loss.detach()))

@@ -76,7 +76,8 @@ def test_logits_only_where_the_loss_reads_them(tiny_student, processor, examples
     with torch.no_grad():
         kept, every = model(**batch), model(**full)
     n_prompt = int((batch["labels"][0] == IGNORE_INDEX).sum())
-    assert kept.logits.shape[1] == len(batch["logits_to_keep"]) < n_prompt < every.logits.shape[1]
+    assert batch["logits_to_keep"].shape[0] == 3  # split with the batch's rows
+    assert kept.logits.shape[1] == batch["logits_to_keep"].shape[1] < n_prompt < every.logits.shape[1]
     # The same loss as over the whole sequence: no label is dropped, none counted twice.
     assert torch.allclose(kept.loss, every.loss, atol=1e-5)
     assert int((batch["shift_labels"] != IGNORE_INDEX).sum()) == int((batch["labels"] != IGNORE_INDEX).sum())

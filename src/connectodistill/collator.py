@@ -92,6 +92,8 @@ class DistillCollator:
         # aligned with the kept positions; `labels` stays so that the model computes it.
         labels = batch["labels"]
         positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        batch["logits_to_keep"] = positions
+        # One row of positions per sample (the same for all), so that anything splitting the
+        # batch along dim 0 (nn.DataParallel) splits them with the rows.
+        batch["logits_to_keep"] = positions.expand(labels.shape[0], -1).contiguous()
         batch["shift_labels"] = labels[:, positions + 1].contiguous()
         return batch

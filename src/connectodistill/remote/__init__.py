@@ -9,8 +9,8 @@ What this package adds to the local commands, and nothing else:
 - local inputs uploaded once, content-addressed, to a volume; inside the container each one is
   reachable at the very path the command line gave (``container.py``);
 - every call spawned in a detached app, its id recorded on the runs volume and in the local
-  folder, so a closed laptop loses nothing; ``fetch`` lists, follows, cancels and downloads
-  (``dispatch.py``), on top of a fan-out primitive (:func:`spawn_all`, ``calls.py``);
+  folder, so a closed laptop loses nothing (``dispatch.py``); ``fetch`` lists, follows, cancels
+  and downloads (``jobs.py``), on top of a fan-out primitive (:func:`spawn_all`, ``calls.py``);
 - run folders on a runs volume, committed at every checkpoint, so a preempted or retried call
   continues from the last checkpoint instead of starting over.
 
