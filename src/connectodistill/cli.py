@@ -430,7 +430,7 @@ def demo(
     output_dir: Path = typer.Option(None, help="Folder for every stage's outputs.  [default: demo-run]"),
     seed: int = typer.Option(None, help="Seed of the synthetic data and training.  [default: 0]"),
     samples: int = typer.Option(None, help="Synthetic benchmark size.  [default: 3000]"),
-    epochs: float = typer.Option(None, help="Training epochs.  [default: 3]"),
+    epochs: float = typer.Option(None, help="Training epochs over every correct teacher draw.  [default: 0.8]"),
     votes: int = typer.Option(None, help="Also K sampled votes per test sample (a majority-of-K row; "
                               "~10x the eval time at 5).  [default: 0]"),
     force: bool = typer.Option(None, "--force", help="Reuse a non-empty output folder."),
