@@ -12,7 +12,7 @@ Prints min / median / max of student accuracy and balanced accuracy, and writes 
 report to ``--out``.
 
     python bench/demo.py --repeats 3 [--seed 0] [--out bench/results/demo.json]
-    python bench/demo.py --seeds 0 1 2 [--epochs 8]
+    python bench/demo.py --seeds 0 1 2 [--epochs 1.5]
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=1, help="Run the same seed this many times.")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="Run these seeds once each instead.")
     ap.add_argument("--epochs", type=float, default=None,
-                    help="Train this many epochs instead of the demo's 0.8 (how far the 5 minutes are from 0.8).")
+                    help="Train this many epochs (over every correct draw) instead of the demo's 0.8.")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     seeds = args.seeds if args.seeds else [args.seed] * args.repeats

@@ -206,7 +206,7 @@ class DemoConfig(_Config):
     seed: int = 0
     samples: int = 3000
     image_size: int = 64
-    # Of an epoch over every correct teacher draw (~4 per segment): the 5 minutes' worth.
+    # 0.8 of an epoch over every correct teacher draw (~4 per segment) fits the 5 minutes.
     epochs: float = 0.8
     max_new_tokens: int = 64
     # Sampled votes per test sample for the student's majority-of-K row (0: none).
