@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from connectodistill.config import DemoConfig
+
 
 def run_demo(seed: int, epochs: float | None = None) -> dict:
     exe = Path(sys.executable).with_name("connectodistill")
@@ -64,7 +66,7 @@ def main() -> int:
     bal = [r["student_balanced_accuracy"] for r in runs]
     summary = {
         "seeds": seeds,
-        "epochs": args.epochs if args.epochs is not None else 0.8,
+        "epochs": args.epochs if args.epochs is not None else DemoConfig.model_fields["epochs"].default,
         "cpu_count": os.cpu_count(),
         "student_accuracy": spread(acc),
         "student_balanced_accuracy": spread(bal),

@@ -141,8 +141,7 @@ def make_tiny_student(
             torch.nn.init.normal_(model.lm_head.weight, mean=0.0, std=text_hidden**-0.5)
             # Likewise the vision blocks and the merger(s): at std 0.02 each of these narrow (64-256
             # wide) linear layers shrinks what it passes on 3-6x, so the views reach the language
-            # model faintly.
-            # std 1/sqrt(fan_in) keeps their scale (the demo's accuracy: bench/README.md, "demo").
+            # model faintly; std 1/sqrt(fan_in) keeps their scale (bench/README.md, "demo").
             for name, p in model.model.visual.named_parameters():
                 if p.dim() >= 2 and not name.startswith(("patch_embed", "pos_embed")):
                     torch.nn.init.normal_(p, mean=0.0, std=p[0].numel() ** -0.5)
