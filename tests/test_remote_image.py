@@ -52,7 +52,9 @@ def test_the_lock_holds_the_versions_the_tests_run_with():
             continue
         if lock.pins[remote_app._name(name)] != here:
             differ.append(f"{name}: lock {lock.pins[remote_app._name(name)]}, here {here}")
-    assert differ == [], f"refresh the lock with `{REFRESH}`: {differ}"
+    assert differ == [], (f"this environment is not the lock's: {differ}; install with the lock as constraints "
+                          f"(`pip install -e '.[dev]' -c src/connectodistill/remote/modal-image.lock`, as .ci/run does) "
+                          f"or, to move the image to these versions, refresh it with `{REFRESH}`")
 
 
 def test_a_stale_lock_is_refused_with_the_refresh_command(tmp_path, monkeypatch):
