@@ -155,13 +155,13 @@ def test_distribution_equals_an_independent_forward_pass(conf_result, trained_ru
     from connectodistill.config import EvalConfig
     from connectodistill.conversation import load_images
     from connectodistill.data import load_benchmark
-    from connectodistill.evaluation import _run_settings, choose_prompts, select_samples
+    from connectodistill.eval_inputs import choose_prompts, run_settings, select_samples
     from connectodistill.generation import answer_context, render_prompts
     from connectodistill.modeling import load_model, load_processor
     from connectodistill.task import image_columns
 
     cfg = EvalConfig(adapter_path=trained_run)
-    settings = _run_settings(cfg)
+    settings = run_settings(cfg)
     df, _, _ = select_samples(load_benchmark(settings["dataset_name"], settings["config_name"],
                                              settings["dataset_split"]), settings, cfg)
     rows = df.to_dict("records")
@@ -264,7 +264,7 @@ def test_the_threshold_never_sees_a_test_sample(trained_run, tmp_path, monkeypat
     from connectodistill.task import label_column
 
     cfg = EvalConfig(adapter_path=trained_run)
-    settings = ev._run_settings(cfg)
+    settings = ev.run_settings(cfg)
     bench = load_benchmark(settings["dataset_name"], settings["config_name"], settings["dataset_split"])
     parts = {split: ev.select_samples(bench, settings, cfg.model_copy(update={"split": split}))[0]
              for split in ("val", "test")}

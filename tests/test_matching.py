@@ -17,7 +17,8 @@ from connectodistill.errors import UserError
 from connectodistill.matching import TEACHER_COLUMNS
 from connectodistill.merging import merge
 from connectodistill.scoring import majority_vote, parse_answer
-from connectodistill.synthetic.benchmark import PROMPT_OPTIONS, make_benchmark, make_teacher_csvs
+from connectodistill.synthetic.benchmark import make_benchmark
+from connectodistill.synthetic.teacher import PROMPT_OPTIONS, make_teacher_csvs
 from connectodistill.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
 from connectodistill.teacher_csv import (
     _parse_float_strings,

@@ -21,7 +21,7 @@ from connectodistill.prompts import (
     sample_prompts,
     size_text,
 )
-from connectodistill.synthetic.benchmark import make_benchmark, make_teacher_csvs
+from connectodistill.synthetic import make_benchmark, make_teacher_csvs
 from connectodistill.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
 from connectodistill.teacher_csv import prompt_layout, prompt_text
 

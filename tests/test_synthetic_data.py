@@ -14,12 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectodistill.synthetic.benchmark import (
-    ANALYSIS_PHRASES,
-    CLASS_FREQUENCIES,
-    make_benchmark,
-    make_teacher_csvs,
-)
+from connectodistill.synthetic.benchmark import CLASS_FREQUENCIES, make_benchmark
+from connectodistill.synthetic.teacher import ANALYSIS_PHRASES, make_teacher_csvs
 from connectodistill.task import (
     BBOX_COLUMNS,
     CLASSES,
@@ -52,7 +48,7 @@ CSV_HEADER = [
 def strict_letter(answer: str) -> str | None:
     """What the project's answer rule reads, with the kit prompt's own option wording."""
     from connectodistill.scoring import parse_answer
-    from connectodistill.synthetic.benchmark import PROMPT_OPTIONS
+    from connectodistill.synthetic.teacher import PROMPT_OPTIONS
 
     return parse_answer(answer, PROMPT_OPTIONS)
 
@@ -302,7 +298,7 @@ def test_prompt_literal_parses_and_carries_the_views(bench, csvs):
     assert "\n" in text and "'" in text and "mouse" in text
     # the box size as the teacher printed it: maxpt - minpt of the CSV's own coordinates
     from connectodistill.prompts import size_text
-    from connectodistill.synthetic.benchmark import PROMPT_OPTIONS
+    from connectodistill.synthetic.teacher import PROMPT_OPTIONS
 
     size = size_text([float(row[c]) for c in ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")])
     assert f"measures {size} nm" in text

@@ -70,7 +70,7 @@ class Plan:
 # ============================================================================ checks
 def resolve_students(cfg: PredictConfig) -> tuple[str, list[Path], list[dict]]:
     """(kind, student folders, their settings) for --adapter-path / --model, --ensemble, --fold."""
-    from .evaluation import run_settings
+    from .eval_inputs import run_settings
     from .run_folders import chosen_run, fold_dir, fold_status, is_cv_run, is_sweep
 
     if cfg.adapter_path is None and cfg.model is None:
@@ -337,7 +337,7 @@ def predict(config: PredictConfig | None = None, *, on_chunk: Callable[[int], No
     from rich.console import Console
 
     from .data import atomic_path, atomic_write_json
-    from .evaluation import choose_prompts
+    from .eval_inputs import choose_prompts
 
     p = plan(config, **overrides)
     cfg, out, console = p.cfg, Path(p.cfg.output), Console(stderr=True)

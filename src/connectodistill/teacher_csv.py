@@ -413,3 +413,28 @@ def prompt_texts(cells) -> tuple[pa.Array, pa.Array]:
         texts.append(prompt_text(c))
         layouts.append(prompt_layout(c) if texts[-1] is not None else None)
     return pa.array(texts, pa.string()), pa.array(layouts, pa.string())
+
+
+@dataclass
+class Prompts:
+    """Per teacher row: the decoded prompt text and block layout (None where not decoded)."""
+
+    texts: list[str | None]
+    layouts: list[str | None]
+
+    def take(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
+        t = [self.texts[r] if r >= 0 else None for r in rows.tolist()]
+        lay = [self.layouts[r] if r >= 0 else None for r in rows.tolist()]
+        return pa.array(t, pa.string()), pa.array(lay, pa.string())
+
+
+def decode_prompts(teacher: Teacher) -> Prompts:
+    """The text block and layout of every matched, kept response's prompt (others: None)."""
+    use = np.flatnonzero(teacher.keep & (teacher.segment >= 0))
+    texts: list[str | None] = [None] * teacher.n
+    layouts: list[str | None] = [None] * teacher.n
+    if len(use):
+        t, lay = prompt_texts(pc.take(teacher.table["prompt"], pa.array(use), memory_pool=memory_pool()))
+        for r, x, y in zip(use.tolist(), t.to_pylist(), lay.to_pylist(), strict=True):
+            texts[r], layouts[r] = x, y
+    return Prompts(texts, layouts)

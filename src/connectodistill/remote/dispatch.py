@@ -381,7 +381,7 @@ def _remote_run_name(cfg: TrainConfig, runs, merged: Path) -> str:
 
 def _default_eval_name(cfg: EvalConfig, base_model: str | None, run: dict, report: dict) -> str:
     """The name evaluate() would give, fixed here so a detached call can be fetched by it."""
-    from ..evaluation import default_name
+    from ..eval_inputs import default_name
 
     split = cfg.split or ("test" if (run.get("splits") or report.get("splits")) else "all")
     return default_name(cfg, {"base_model": base_model or ""}, split)

@@ -8,7 +8,8 @@
 See docs/offline-kit.md.
 """
 
-from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES, make_benchmark, make_teacher_csvs
+from .benchmark import make_benchmark
 from .student import make_tiny_student
+from .teacher import ANALYSIS_DETAIL, ANALYSIS_PHRASES, make_teacher_csvs
 
 __all__ = ["ANALYSIS_DETAIL", "ANALYSIS_PHRASES", "make_benchmark", "make_teacher_csvs", "make_tiny_student"]

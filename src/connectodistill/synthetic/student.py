@@ -207,7 +207,7 @@ def make_processor(path: str | Path, kind: str = "qwen3-vl", *, min_pixels: int 
 
 def _corpus() -> list[str]:
     from ..conversation import tokenizer_corpus
-    from .benchmark import ANALYSIS_DETAIL, ANALYSIS_PHRASES, teacher_prompt_text
+    from .teacher import ANALYSIS_DETAIL, ANALYSIS_PHRASES, teacher_prompt_text
 
     texts = list(tokenizer_corpus()) + [ANALYSIS_DETAIL.format(n=n) for n in range(5, 60)]
     # the kit teacher's own prompt (what the student is trained and scored on), all settings
