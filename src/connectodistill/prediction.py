@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import prediction_files
 from .config import EvalConfig, PredictConfig, resolve
 from .errors import UserError
 from .prediction_files import (
@@ -33,7 +34,6 @@ from .prediction_files import (
     P_COLUMNS,
     PREDICTIONS,
     SUMMARY,
-    chunk_meta,
     chunk_path,
     chunk_table,
     report,
@@ -213,13 +213,7 @@ def _start_over(out: Path) -> None:
 # ============================================================================ chunks
 def done_chunks(out: Path, p: Plan) -> set[int]:
     """Chunks already written whole for this input (a damaged or foreign one is redone)."""
-    cs, done = p.cfg.chunk_size, set()
-    for i in range(p.n_chunks):
-        path = chunk_path(out, i)
-        if path.is_file() and (m := chunk_meta(path)) is not None and m.get("start") == p.cfg.row_offset + i * cs \
-                and m.get("rows") == min(cs, p.source.total - i * cs):
-            done.add(i)
-    return done
+    return prediction_files.done_chunks(out, p.cfg.row_offset, p.source.total, p.cfg.chunk_size)
 
 
 # ============================================================================ the student

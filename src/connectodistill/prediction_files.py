@@ -38,6 +38,18 @@ def chunk_meta(path: Path) -> dict | None:
         return None
 
 
+def done_chunks(folder: Path, start: int, total: int, chunk_size: int) -> set[int]:
+    """Indices of the chunks under ``folder`` already written whole for rows ``start`` ..
+    ``start + total`` (``chunk_size`` rows each); a damaged or foreign chunk is not one of them.
+    Shared by predict's resume and the remote shards' check."""
+    done = set()
+    for i, first in enumerate(range(0, total, chunk_size)):
+        m = chunk_meta(folder / CHUNKS / f"chunk-{i:06d}.parquet")
+        if m is not None and m.get("start") == start + first and m.get("rows") == min(chunk_size, total - first):
+            done.add(i)
+    return done
+
+
 def _schema(ensemble: bool) -> pa.Schema:
     fields = [(ID_COLUMNS[0], pa.int64()), (ID_COLUMNS[1], pa.int64()), ("species", pa.string()),
               ("letter", pa.string()), ("description", pa.string()), ("confidence", pa.float64()),

@@ -49,14 +49,10 @@ def _shard_name(k: int) -> str:
 
 
 def _local_complete(out: Path, k: int, rng: tuple[int, int], chunk_size: int) -> bool:
-    from ..prediction_files import chunk_meta
+    from ..prediction_files import done_chunks
 
-    folder = out / SHARDS_DIR / _shard_name(k) / "chunks"
-    for i, start in enumerate(range(rng[0], rng[1], chunk_size)):
-        m = chunk_meta(folder / f"chunk-{i:06d}.parquet")
-        if m is None or m.get("start") != start or m.get("rows") != min(chunk_size, rng[1] - start):
-            return False
-    return True
+    total = rng[1] - rng[0]
+    return len(done_chunks(out / SHARDS_DIR / _shard_name(k), rng[0], total, chunk_size)) == -(-total // chunk_size)
 
 
 def _shard_files(out: Path, k: int, rng: tuple[int, int], chunk_size: int) -> list[Path]:
