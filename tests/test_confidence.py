@@ -257,6 +257,7 @@ def test_the_threshold_never_sees_a_test_sample(trained_run, tmp_path, monkeypat
     The model's answers and confidences are planted (generation stubbed, keyed by each
     sample's prompt text) so that the plant is exact; the real forward pass is tested above.
     """
+    import connectodistill.eval_inputs as inputs
     import connectodistill.evaluation as ev
     from connectodistill.config import EvalConfig
     from connectodistill.data import load_benchmark
@@ -264,14 +265,14 @@ def test_the_threshold_never_sees_a_test_sample(trained_run, tmp_path, monkeypat
     from connectodistill.task import label_column
 
     cfg = EvalConfig(adapter_path=trained_run)
-    settings = ev.run_settings(cfg)
+    settings = inputs.run_settings(cfg)
     bench = load_benchmark(settings["dataset_name"], settings["config_name"], settings["dataset_split"])
-    parts = {split: ev.select_samples(bench, settings, cfg.model_copy(update={"split": split}))[0]
+    parts = {split: inputs.select_samples(bench, settings, cfg.model_copy(update={"split": split}))[0]
              for split in ("val", "test")}
     plan, conf = {}, {"val": ([], [])}  # prompt text -> (answered letter, confidence)
     pattern = [1, 1, 1, 1, 0, 1, 1, 0, 1, 0, 0, 1, 0, 0]
     for split, df in parts.items():
-        prompts = [p.text for p in ev.choose_prompts(df.to_dict("records"), settings, cfg)]
+        prompts = [p.text for p in inputs.choose_prompts(df.to_dict("records"), settings, cfg)]
         truth = ground_truth_letters(df[label_column(df.columns)].tolist())
         for i, (text, t) in enumerate(zip(prompts, truth, strict=True)):
             wrong = "b" if t == "a" else "a"

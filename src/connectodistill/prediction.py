@@ -1,7 +1,7 @@
 """predict: a trained student's answers for new segments, streamed in chunks, resumable.
 
-The student is asked exactly what eval asks it (``evaluation.run_settings`` and
-``evaluation.choose_prompts``): the run's base model, processor, pixel budget, chat template
+The student is asked exactly what eval asks it (``eval_inputs.run_settings`` and
+``eval_inputs.choose_prompts``): the run's base model, processor, pixel budget, chat template
 and prompt source. A segment the run recorded a prompt for gets that prompt; a new segment has
 no stored teacher prompt and gets the run's teacher template (``prompt_source =
 teacher-template``), else the builtin prompt.
@@ -56,7 +56,7 @@ class Plan:
     source: Source
     kind: str  # adapter, fold, ensemble, export
     students: list[Path]
-    settings: list[dict]  # per student, as evaluation.run_settings reads them
+    settings: list[dict]  # per student, as eval_inputs.run_settings reads them
     threshold: float | None
     triage: bool
     triage_note: str | None

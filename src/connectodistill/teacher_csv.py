@@ -29,7 +29,7 @@ from . import data
 from .errors import UserError
 from .task import BBOX_COLUMNS, ID_COLUMNS
 
-__all__ = ["Teacher", "prompt_layout", "prompt_text", "prompt_texts", "read_teacher_csvs"]
+__all__ = ["Prompts", "Teacher", "decode_prompts", "prompt_layout", "prompt_text", "prompt_texts", "read_teacher_csvs"]
 
 # Teacher CSV columns (after header normalisation). Required ones are named in the error.
 REQUIRED_CSV_COLUMNS = (*ID_COLUMNS, *BBOX_COLUMNS, "analysis", "llm_answer")
