@@ -211,7 +211,7 @@ def _samples(df) -> dict[tuple[int, int], dict]:
 # ----------------------------------------------------------------------------- the recipe
 def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
     """Continue the SFT student of ``from_run`` with DPO on the teacher's pairs; return the run folder."""
-    from . import runs
+    from . import runs, trainers
     from .examples import pick_rows
 
     cfg = resolve(TrainConfig, config, overrides)
@@ -273,21 +273,21 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
     from trl import DPOConfig, DPOTrainer
 
     records, rows = pair_records(pairs, data, train_samples)
-    train_ds = runs.lazy_image_dataset(records, rows, image_cols)
+    train_ds = trainers.lazy_image_dataset(records, rows, image_cols)
     val_ex, _ = build_examples(data.val_df, data, target="teacher", fill_missing=True, sample_level=True)
-    select_by, metric, greater = runs.selection(cfg, val_samples=len(val_ex), val_loss=bool(val_pairs))
+    select_by, metric, greater = trainers.selection(cfg, val_samples=len(val_ex), val_loss=bool(val_pairs))
     eval_ds = None
     if metric:
         v_records, v_rows = pair_records(val_pairs or pairs[:1], data, {**train_samples, **val_samples})
-        eval_ds = runs.lazy_image_dataset(v_records, v_rows, image_cols)
+        eval_ds = trainers.lazy_image_dataset(v_records, v_rows, image_cols)
     loss_type, loss_weights = (["sigmoid", "sft"], [1.0, cfg.rpo_alpha]) if cfg.rpo_alpha else (["sigmoid"], None)
     args = DPOConfig(
-        **runs.trainer_arguments(cfg, run_dir, metric=metric, greater=greater),
+        **trainers.trainer_arguments(cfg, run_dir, metric=metric, greater=greater),
         beta=cfg.dpo_beta, loss_type=loss_type, loss_weights=loss_weights,
         max_length=None,  # never truncate: the views sit in the prompt (checked above instead)
         precompute_ref_log_probs=False,
     )
-    trainer = runs.with_val_accuracy(DPOTrainer)(
+    trainer = trainers.with_val_accuracy(DPOTrainer)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=processor,
         callbacks=callbacks or [],
         val_accuracy=(processor, val_ex, image_cols, max(cfg.batch_size, 4), cfg.max_new_tokens)

@@ -128,7 +128,7 @@ def balanced_order(letters: list[str], seed: int) -> list[int]:
 # ----------------------------------------------------------------------------- the recipe
 def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
     """Continue the SFT student of ``from_run`` with GRPO on the ground-truth reward; return the run folder."""
-    from . import runs
+    from . import runs, trainers
     from .examples import pick_rows
     from .scoring import ground_truth_letters
 
@@ -178,17 +178,17 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
     main = PartialState().is_main_process
     rewards = Rewards(format_weight=cfg.format_reward, answer_only=cfg.answer_only,
                       log_path=run_dir / REWARDS_FILE, main=main)
-    train_ds = runs.lazy_image_dataset(prompt_records(data, rows, letters), rows, data.image_cols)
+    train_ds = trainers.lazy_image_dataset(prompt_records(data, rows, letters), rows, data.image_cols)
     val_ex, _ = build_examples(data.val_df, data, target="teacher", fill_missing=True, sample_level=True)
-    select_by, metric, greater = runs.selection(cfg, val_samples=len(val_ex), val_loss=False)
-    common = runs.trainer_arguments(cfg, run_dir, metric=metric, greater=greater)
+    select_by, metric, greater = trainers.selection(cfg, val_samples=len(val_ex), val_loss=False)
+    common = trainers.trainer_arguments(cfg, run_dir, metric=metric, greater=greater)
     common["per_device_eval_batch_size"] = cfg.num_generations  # TRL checks it even when unused
     args = GRPOConfig(
         **common, num_generations=cfg.num_generations, temperature=cfg.temperature, beta=cfg.kl_beta,
         max_completion_length=budget_tokens, reward_weights=rewards.weights, use_vllm=False,
         shuffle_dataset=True,
     )
-    trainer = runs.with_val_accuracy(GRPOTrainer)(
+    trainer = trainers.with_val_accuracy(GRPOTrainer)(
         model=model, reward_funcs=rewards.funcs, args=args, train_dataset=train_ds,
         eval_dataset=train_ds if metric else None, processing_class=processor, callbacks=callbacks or [],
         val_accuracy=(processor, val_ex, data.image_cols, max(cfg.batch_size, 4), cfg.max_new_tokens)

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from . import runs
+from . import runs, trainers
 from .collator import IGNORE_INDEX, DistillCollator  # noqa: F401 - importable from here too
 from .config import TrainConfig, resolve
 from .errors import UserError
@@ -93,7 +93,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     set_seed(cfg.seed)
     processor, budget = load_processor(cfg.model, min_pixels=cfg.min_pixels, max_pixels=cfg.max_pixels)
     model = load_model(cfg.model, load_in_4bit=cfg.load_in_4bit)
-    gradient_checkpointing = runs.gradient_checkpointing(cfg)
+    gradient_checkpointing = trainers.gradient_checkpointing(cfg)
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                      tune_vision=cfg.tune_vision, tune_merger=cfg.tune_merger,
                      gradient_checkpointing=gradient_checkpointing)
@@ -114,9 +114,9 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     metric = {"val_loss": "eval_loss", "val_accuracy": "eval_val_accuracy"}.get(cfg.select_by)
     if cfg.use_wandb:
         os.environ.setdefault("WANDB_PROJECT", cfg.wandb_project)
-    # The arguments every recipe shares (runs.trainer_arguments), plus what the collator needs.
+    # The arguments every recipe shares (trainers.trainer_arguments), plus what the collator needs.
     args = TrainingArguments(
-        **runs.trainer_arguments(cfg, run_dir, metric=metric if has_val else None,
+        **trainers.trainer_arguments(cfg, run_dir, metric=metric if has_val else None,
                                  greater=cfg.select_by == "val_accuracy"),
         label_names=["labels"],
         ddp_find_unused_parameters=False,
@@ -177,7 +177,7 @@ def _make_trainer_class():
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
             if self._val_accuracy is not None and self.eval_dataset:
-                from .runs import val_accuracy
+                from .trainers import val_accuracy
 
                 processor, max_new_tokens = self._val_accuracy
                 # Short budget, stop at the answer tag: val scoring stays affordable per epoch.
