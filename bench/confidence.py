@@ -39,11 +39,11 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from connectodistill.conversation import build_prompt, load_images
-    from connectodistill.generation import generate_answers, letter_probabilities
-    from connectodistill.modeling import load_model, load_processor
+    from connectodistill.core.conversation import build_prompt, load_images
+    from connectodistill.core.generation import generate_answers, letter_probabilities
+    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.core.task import image_columns
     from connectodistill.synthetic import make_benchmark, make_tiny_student
-    from connectodistill.task import image_columns
 
     with tempfile.TemporaryDirectory() as tmp:
         student = make_tiny_student(Path(tmp) / "student", kind="qwen3-vl")

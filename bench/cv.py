@@ -40,10 +40,10 @@ def main() -> int:
 
     import pandas as pd
 
-    from connectodistill.evaluation import evaluate
+    from connectodistill.evaluation.recipe import evaluate
+    from connectodistill.evaluation.reporting import report
     from connectodistill.merging import merge
     from connectodistill.offline_demo import TRAIN_SETTINGS
-    from connectodistill.reporting import report
     from connectodistill.synthetic import make_benchmark, make_teacher_csvs, make_tiny_student
     from connectodistill.training import train
 

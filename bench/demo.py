@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from connectodistill.config import DemoConfig
+from connectodistill.core.config import DemoConfig
 
 
 def run_demo(seed: int, epochs: float | None = None) -> dict:

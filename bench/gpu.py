@@ -26,7 +26,7 @@ leaves its figures.
 Wheels to carry to the GPU machine (it has torch, transformers, peft, accelerate, typer,
 pandas, pyarrow, pillow, torchvision, but no pydantic, datasets or bitsandbytes): pydantic,
 pydantic-core, annotated-types, typing-inspection, typing-extensions (pydantic 2.14 wants
->= 4.16), bitsandbytes. ``connectodistill.config`` (imported by ``training``) needs pydantic;
+>= 4.16), bitsandbytes. ``connectodistill.core.config`` (imported by ``training``) needs pydantic;
 this script never imports ``datasets``. ``bench/gpu_device.sh`` installs them (``--no-deps``)
 and runs this script; its header has the ``pip download`` command.
 """
@@ -290,24 +290,24 @@ def smallest_modal_gpu(peak_reserved_gib: float | None) -> str | None:
 # ----------------------------------------------------------------------------- project parts
 def project_api():
     """The project's own functions (import paths with fallbacks for code that moves)."""
-    from connectodistill import modeling
+    from connectodistill.core import modeling
 
     try:
-        from connectodistill.generation import generate_answers
+        from connectodistill.core.generation import generate_answers
     except ImportError:  # older layout
-        from connectodistill.evaluation import generate_answers
+        from connectodistill.evaluation.recipe import generate_answers
     try:
-        from connectodistill.examples import Example
+        from connectodistill.training.examples import Example
     except ImportError:
-        from connectodistill.training import Example
-    from connectodistill.training import DistillCollator
+        from connectodistill.training.collator import Example
+    from connectodistill.training.sft import DistillCollator
 
     return modeling, generate_answers, Example, DistillCollator
 
 
 def train_defaults() -> dict:
     """LoRA / collator defaults of ``connectodistill train`` (TrainConfig), not re-typed here."""
-    from connectodistill.config import TrainConfig
+    from connectodistill.core.config import TrainConfig
 
     f = TrainConfig.model_fields
     return {k: f[k].default for k in ("lora_r", "lora_alpha", "lora_dropout", "max_length")}
@@ -340,9 +340,9 @@ def make_samples(workdir: Path, n: int, image_size: int, target_chars: int, Exam
     """n benchmark-like rows with three ``image_size`` PNG views each, and their examples."""
     import pyarrow.parquet as pq
 
-    from connectodistill.conversation import build_prompt, target_text
+    from connectodistill.core.conversation import build_prompt, target_text
+    from connectodistill.core.task import DESCRIPTION_TO_LETTER, image_columns, label_column
     from connectodistill.synthetic import make_benchmark
-    from connectodistill.task import DESCRIPTION_TO_LETTER, image_columns, label_column
 
     path = make_benchmark(workdir / f"bench_{image_size}.parquet", n=n, seed=0, image_size=image_size)
     table = pq.read_table(path)
@@ -663,7 +663,7 @@ def section_memory(ctx: Ctx, sec: dict, report: Report, measured: list[dict]) ->
 
 
 def section_generation(ctx: Ctx, sec: dict, report: Report) -> None:
-    from connectodistill.conversation import build_prompt, load_images
+    from connectodistill.core.conversation import build_prompt, load_images
 
     ctx.args._train_model = None
     release()
@@ -942,7 +942,7 @@ def main(argv=None) -> int:
 
             t = time.perf_counter()
             processor_dir = make_processor(work / "processor", "qwen3-vl")
-            from connectodistill.modeling import load_processor
+            from connectodistill.core.modeling import load_processor
 
             tokenizer = load_processor(str(processor_dir))[0].tokenizer
             meta = meta_check(modeling, tokenizer, lora)

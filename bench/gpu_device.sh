@@ -2,7 +2,7 @@
 # Run bench/gpu.py on the GPU machine (one H200) and leave its results under $OUT.
 #
 # The machine has python3 3.12 (/opt/torch/.venv) with torch, transformers, peft, accelerate,
-# typer, pandas, pyarrow, pillow, torchvision, but no pydantic (connectodistill.config needs it),
+# typer, pandas, pyarrow, pillow, torchvision, but no pydantic (connectodistill.core.config needs it),
 # datasets (not needed here) or bitsandbytes, and it reaches no package registry: those wheels
 # travel in the repository tree, in .whl/ (git-ignored, ~46 MB of the 64 MiB a call may carry).
 #

@@ -41,7 +41,7 @@ def teacher_on(responses, keys: set) -> dict:
     """The teacher on ``keys``: accuracy over all responses, majority vote, per-class recall."""
     import numpy as np
 
-    from connectodistill.scoring import majority_vote
+    from connectodistill.core.scoring import majority_vote
 
     r = responses[[(int(a), int(b)) in keys for a, b in zip(responses["proofread_root_id"],
                                                               responses["current_root_id"], strict=True)]]
@@ -59,7 +59,7 @@ def teacher_on(responses, keys: set) -> dict:
 def student_row(name: str, result: Path, responses, seconds: float) -> dict:
     import pandas as pd
 
-    from connectodistill.reporting import paired_vs_teacher
+    from connectodistill.evaluation.reporting import paired_vs_teacher
 
     summary = json.loads((result / "summary.json").read_text())
     preds = pd.read_csv(result / "predictions.csv")
@@ -92,7 +92,7 @@ def main() -> int:
 
     import pandas as pd
 
-    from connectodistill.evaluation import evaluate
+    from connectodistill.evaluation.recipe import evaluate
     from connectodistill.merging import merge
     from connectodistill.offline_demo import TRAIN_SETTINGS
     from connectodistill.synthetic import make_benchmark, make_teacher_csvs, make_tiny_student

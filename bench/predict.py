@@ -116,7 +116,7 @@ def make_table(n: int) -> tuple[Path, Path]:
 
 def stub_run() -> Path:
     """A run folder with what predict reads (settings, the teacher template), no weights."""
-    from connectodistill.conversation import prompt_template_hash
+    from connectodistill.core.conversation import prompt_template_hash
     from connectodistill.synthetic.teacher import teacher_prompt_text
 
     run = CACHE / "run"

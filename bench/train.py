@@ -36,12 +36,13 @@ H100_BF16_DENSE_FLOPS = 989e12
 def examples_and_collator(student: Path, n: int, max_pixels: int | None = None):
     import pyarrow.parquet as pq
 
-    from connectodistill.conversation import build_prompt, target_text
-    from connectodistill.modeling import load_processor
-    from connectodistill.scoring import ground_truth_letters
+    from connectodistill.core.conversation import build_prompt, target_text
+    from connectodistill.core.modeling import load_processor
+    from connectodistill.core.scoring import ground_truth_letters
+    from connectodistill.core.task import image_columns, label_column
     from connectodistill.synthetic import ANALYSIS_PHRASES, make_benchmark
-    from connectodistill.task import image_columns, label_column
-    from connectodistill.training import DistillCollator, Example
+    from connectodistill.training.collator import Example
+    from connectodistill.training.sft import DistillCollator
 
     size = 64 if max_pixels is None else int(max_pixels ** 0.5)
     bench = make_benchmark(student.parent / f"bench_{size}.parquet", n=n, seed=0, image_size=size)
@@ -93,7 +94,7 @@ def time_steps(model, collator, examples, batch_size: int, steps: int, device: s
 def cpu_bench(steps: int, batch_sizes: list[int], workdir: Path, full_logits: bool = False) -> list[dict]:
     import torch
 
-    from connectodistill.modeling import add_lora, load_model
+    from connectodistill.core.modeling import add_lora, load_model
     from connectodistill.synthetic import make_tiny_student
 
     student = make_tiny_student(workdir / "student", kind="qwen3-vl")
@@ -114,7 +115,7 @@ def cuda_bench(steps: int, workdir: Path) -> list[dict]:
     import torch
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
 
-    from connectodistill.modeling import add_lora
+    from connectodistill.core.modeling import add_lora
     from connectodistill.synthetic import make_tiny_student
 
     student = make_tiny_student(workdir / "student", kind="qwen3-vl")

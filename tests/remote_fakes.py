@@ -14,7 +14,7 @@ import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
-from connectodistill.config import RemoteConfig
+from connectodistill.core.config import RemoteConfig
 from connectodistill.remote import boundary, container
 
 RC = RemoteConfig(models_volume="t-models", datasets_volume="t-datasets", runs_volume="t-runs",

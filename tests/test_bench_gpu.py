@@ -124,7 +124,7 @@ def test_flop_count_matches_the_model_structure():
     from transformers import AutoConfig
 
     gpu = _load_script()
-    from connectodistill.modeling import build_model_from_config
+    from connectodistill.core.modeling import build_model_from_config
 
     d = json.loads(json.dumps(gpu.TINY_CONFIG))
     d["text_config"]["vocab_size"] = 256

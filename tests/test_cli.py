@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from connectodistill import __version__
 from connectodistill.cli import app
-from connectodistill.config import MergeConfig, TrainConfig, build_config, load_config_file
-from connectodistill.errors import UserError
+from connectodistill.core.config import MergeConfig, TrainConfig, build_config, load_config_file
+from connectodistill.core.errors import UserError
 
 runner = CliRunner()
 VERBS = ("merge", "train", "eval", "report", "demo", "fetch")

@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from connectodistill import calibration as cal
-from connectodistill.evaluation import evaluate, read_predictions
-from connectodistill.task import LETTERS
-from connectodistill.training import RUN_CONFIG
+from connectodistill.core import calibration as cal
+from connectodistill.core.task import LETTERS
+from connectodistill.evaluation.recipe import evaluate, read_predictions
+from connectodistill.training.runs import RUN_CONFIG
 
 FAST = dict(max_new_tokens=12, batch_size=8, progress=False)
 # the tiny fixture student needs ~60 new tokens to reach its answer on some samples
@@ -70,8 +70,8 @@ def test_ties_are_never_split_and_order_does_not_matter():
 # ----------------------------------------------------------------------------- tokenizers
 @pytest.mark.parametrize("kind", ["qwen3-vl", "qwen2.5-vl", "qwen2-vl"])
 def test_each_letter_is_one_token_after_the_tag(kind, tmp_path):
-    from connectodistill.generation import letter_token_ids, render_prompts
-    from connectodistill.modeling import load_processor
+    from connectodistill.core.generation import letter_token_ids, render_prompts
+    from connectodistill.core.modeling import load_processor
     from connectodistill.synthetic.student import make_processor
 
     processor, _ = load_processor(str(make_processor(tmp_path / kind, kind)))
@@ -89,11 +89,11 @@ def test_batched_letter_probabilities_match_single_passes(kind, small_benchmark,
     import pyarrow.parquet as pq
     import torch
 
-    from connectodistill.conversation import build_prompt, load_images
-    from connectodistill.generation import answer_context, letter_probabilities, render_prompts
-    from connectodistill.modeling import load_model, load_processor
+    from connectodistill.core.conversation import build_prompt, load_images
+    from connectodistill.core.generation import answer_context, letter_probabilities, render_prompts
+    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.core.task import image_columns
     from connectodistill.synthetic import make_tiny_student
-    from connectodistill.task import image_columns
 
     table = pq.read_table(small_benchmark).slice(0, 3)
     rows, cols = table.to_pylist(), image_columns(table.column_names)
@@ -115,8 +115,8 @@ def test_batched_letter_probabilities_match_single_passes(kind, small_benchmark,
 
 
 def test_a_tokenizer_that_splits_a_letter_is_refused():
-    from connectodistill.errors import UserError
-    from connectodistill.generation import letter_token_ids
+    from connectodistill.core.errors import UserError
+    from connectodistill.core.generation import letter_token_ids
 
     class Splitting:  # "a" becomes two tokens after the tag
         name_or_path = "stub"
@@ -152,13 +152,13 @@ def test_distribution_equals_an_independent_forward_pass(conf_result, trained_ru
     import torch
     from peft import PeftModel
 
-    from connectodistill.config import EvalConfig
-    from connectodistill.conversation import load_images
-    from connectodistill.data import load_benchmark
-    from connectodistill.eval_inputs import choose_prompts, run_settings, select_samples
-    from connectodistill.generation import answer_context, render_prompts
-    from connectodistill.modeling import load_model, load_processor
-    from connectodistill.task import image_columns
+    from connectodistill.core.config import EvalConfig
+    from connectodistill.core.conversation import load_images
+    from connectodistill.core.data import load_benchmark
+    from connectodistill.core.generation import answer_context, render_prompts
+    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.core.task import image_columns
+    from connectodistill.evaluation.inputs import choose_prompts, run_settings, select_samples
 
     cfg = EvalConfig(adapter_path=trained_run)
     settings = run_settings(cfg)
@@ -216,7 +216,7 @@ def test_calibration_recomputed_from_predictions_csv(conf_result):
 
 
 def test_votes_give_a_majority_and_its_share(conf_result):
-    from connectodistill.scoring import majority_vote
+    from connectodistill.core.scoring import majority_vote
 
     preds = read_predictions(conf_result / "predictions.csv")
     s = json.loads((conf_result / "summary.json").read_text())
@@ -257,12 +257,12 @@ def test_the_threshold_never_sees_a_test_sample(trained_run, tmp_path, monkeypat
     The model's answers and confidences are planted (generation stubbed, keyed by each
     sample's prompt text) so that the plant is exact; the real forward pass is tested above.
     """
-    import connectodistill.eval_inputs as inputs
-    import connectodistill.evaluation as ev
-    from connectodistill.config import EvalConfig
-    from connectodistill.data import load_benchmark
-    from connectodistill.scoring import ground_truth_letters
-    from connectodistill.task import label_column
+    import connectodistill.evaluation.inputs as inputs
+    import connectodistill.evaluation.recipe as ev
+    from connectodistill.core.config import EvalConfig
+    from connectodistill.core.data import load_benchmark
+    from connectodistill.core.scoring import ground_truth_letters
+    from connectodistill.core.task import label_column
 
     cfg = EvalConfig(adapter_path=trained_run)
     settings = inputs.run_settings(cfg)
@@ -328,7 +328,7 @@ def test_the_threshold_never_sees_a_test_sample(trained_run, tmp_path, monkeypat
 
 # ----------------------------------------------------------------------------- report
 def test_report_has_calibration_rows_for_teacher_and_student(conf_result, merged_small, tmp_path):
-    from connectodistill.reporting import report
+    from connectodistill.evaluation.reporting import report
 
     md = report(results=[conf_result], merged=merged_small, output=tmp_path / "report")
     table = pd.read_csv(md.with_suffix(".csv")).set_index("model")
@@ -350,8 +350,8 @@ def test_report_has_calibration_rows_for_teacher_and_student(conf_result, merged
 def test_teacher_threshold_is_chosen_on_val_responses_only(merged_small):
     """Planting a confident wrong teacher answer on a test sample leaves the threshold alone;
     the same answer on a val sample moves it."""
-    from connectodistill.data import read_merged
-    from connectodistill.reporting import _row, with_teacher_confidence
+    from connectodistill.core.data import read_merged
+    from connectodistill.evaluation.reporting import _row, with_teacher_confidence
 
     splits = read_merged(merged_small, columns=[])[1]["splits"]
     responses = pd.read_parquet(merged_small.with_name("merged_responses.parquet"))

@@ -7,7 +7,7 @@ import io
 import pytest
 from PIL import Image
 
-from connectodistill.conversation import (
+from connectodistill.core.conversation import (
     PROMPT_TEMPLATE_ID,
     build_messages,
     build_prompt,
@@ -16,8 +16,8 @@ from connectodistill.conversation import (
     prompt_template_hash,
     target_text,
 )
-from connectodistill.errors import UserError
-from connectodistill.task import CLASSES
+from connectodistill.core.errors import UserError
+from connectodistill.core.task import CLASSES
 
 ROW = {"species": "mouse", "proofread_root_id": 864691134965949727, "current_root_id": 864691134965949728,
        "xmin": 100000.5, "ymin": 200000.0, "zmin": 30000.0, "xmax": 112000.5, "ymax": 209500.0, "zmax": 36000.0}

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.data import read_merged
-from connectodistill.statistics import bootstrap_mean, mcnemar_exact, paired_delta
+from connectodistill.core.data import read_merged
+from connectodistill.core.statistics import bootstrap_mean, mcnemar_exact, paired_delta
 
 runner = CliRunner()
 TINY = ["--epochs", "1", "--batch-size", "8", "--gradient-accumulation", "1", "--learning-rate", "3e-3",
@@ -110,7 +110,7 @@ def test_report_paired_columns_recomputed_independently(cv, tmp_path):
     preds = pd.read_csv(cv["result"] / "predictions.csv")
     resp = pd.read_parquet(cv["merged"].with_name("merged_responses.parquet"))
     # the teacher's majority vote and single-response share, per sample, by hand
-    from connectodistill.scoring import majority_vote
+    from connectodistill.core.scoring import majority_vote
 
     votes, share = {}, {}
     for (p, c), g in resp.groupby(["proofread_root_id", "current_root_id"]):
@@ -209,7 +209,7 @@ def test_cv_confidence_is_pooled_and_triage_chosen_per_fold(cv):
     out = cv["dir"] / "results" / "triage"
     s = json.loads((out / "summary.json").read_text())
     preds = pd.read_csv(out / "predictions.csv")
-    from connectodistill.calibration import summarize
+    from connectodistill.core.calibration import summarize
 
     pooled = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
                        preds[[f"p_{x}" for x in "abcdefg"]].to_numpy(float), preds["ground_truth_letter"].tolist())
@@ -227,8 +227,8 @@ def test_remote_eval_of_a_cv_run_fans_out_and_pools_what_a_local_eval_pools(cv, 
     """`eval --remote` of a CV run: one container per fold at once, each fold's result downloaded,
     pooled here as a local eval pools it (same predictions); one failed fold names itself."""
     from connectodistill import remote
-    from connectodistill.config import EvalConfig
-    from connectodistill.errors import UserError
+    from connectodistill.core.config import EvalConfig
+    from connectodistill.core.errors import UserError
     from connectodistill.remote import container
     from remote_fakes import RC, Offline
 

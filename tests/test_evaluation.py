@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.data import read_merged
-from connectodistill.evaluation import evaluate, generate_answers
-from connectodistill.reporting import report
-from connectodistill.training import RUN_CONFIG
+from connectodistill.core.data import read_merged
+from connectodistill.evaluation.recipe import evaluate, generate_answers
+from connectodistill.evaluation.reporting import report
+from connectodistill.training.runs import RUN_CONFIG
 
 runner = CliRunner()
 FAST = dict(max_new_tokens=12, batch_size=8, progress=False)
@@ -58,9 +58,9 @@ def test_ids_stay_exact_in_predictions(student_result, trained_run):
 def test_batched_and_one_by_one_generation_agree(trained_run, tiny_student, merged_small):
     from peft import PeftModel
 
-    from connectodistill.conversation import build_prompt, load_images
-    from connectodistill.modeling import load_model, load_processor
-    from connectodistill.task import image_columns
+    from connectodistill.core.conversation import build_prompt, load_images
+    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.core.task import image_columns
 
     table, _ = read_merged(merged_small)
     rows = table.slice(0, 6).to_pylist()
@@ -152,8 +152,8 @@ def test_bad_eval_input_exits_2(case, trained_run, tmp_path):
 
 
 def test_teacher_interval_resamples_samples_not_responses():
-    from connectodistill.reporting import cluster_bootstrap
-    from connectodistill.scoring import classification_metrics
+    from connectodistill.core.scoring import classification_metrics
+    from connectodistill.evaluation.reporting import cluster_bootstrap
 
     # 40 samples x 5 responses; each sample's responses all right or all wrong (correlated).
     rows = []
@@ -172,7 +172,7 @@ def test_teacher_interval_resamples_samples_not_responses():
 
 
 def test_predictions_csv_round_trips_any_generated_text(tmp_path):
-    from connectodistill.evaluation import read_predictions, write_predictions
+    from connectodistill.evaluation.recipe import read_predictions, write_predictions
 
     nasty = 'garbage\rwith a bare CR\x1d, "quotes", commas\nand newlines'
     preds = pd.DataFrame({"proofread_root_id": [864691134965949727, 864691134965949729],

@@ -11,23 +11,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectodistill import data
-from connectodistill.config import MergeConfig
-from connectodistill.errors import UserError
-from connectodistill.matching import TEACHER_COLUMNS
+from connectodistill.core import data
+from connectodistill.core.config import MergeConfig
+from connectodistill.core.errors import UserError
+from connectodistill.core.scoring import majority_vote, parse_answer
+from connectodistill.core.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
 from connectodistill.merging import merge
-from connectodistill.scoring import majority_vote, parse_answer
+from connectodistill.merging.matching import TEACHER_COLUMNS
+from connectodistill.merging.teacher_csv import _parse_float_strings, prompt_text, prompt_texts
+from connectodistill.merging.teacher_csv import parse_int_strings as _parse_int_strings
 from connectodistill.synthetic.benchmark import make_benchmark
 from connectodistill.synthetic.teacher import PROMPT_OPTIONS, make_teacher_csvs
-from connectodistill.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
-from connectodistill.teacher_csv import (
-    _parse_float_strings,
-    prompt_text,
-    prompt_texts,
-)
-from connectodistill.teacher_csv import (
-    parse_int_strings as _parse_int_strings,
-)
 
 REPORT_KEYS = {
     "total_samples", "matched_samples", "unmatched_samples", "match_rate", "teacher_responses",

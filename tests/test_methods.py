@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.data import read_merged
-from connectodistill.scoring import option_descriptions, parse_response
+from connectodistill.core.data import read_merged
+from connectodistill.core.scoring import option_descriptions, parse_response
 
 runner = CliRunner()
 IDS = ["proofread_root_id", "current_root_id"]
@@ -44,7 +44,7 @@ def expected_pairs(merged: Path, per_sample: int) -> dict[tuple[int, int], int]:
 
 
 def test_pairs_match_an_independent_count(merged_small):
-    from connectodistill.dpo import candidates, pair_order, teacher_pairs
+    from connectodistill.training.dpo import candidates, pair_order, teacher_pairs
 
     _, report = read_merged(merged_small)
     train = {tuple(p) for p in report["splits"]["train"]}
@@ -69,7 +69,7 @@ def test_pairs_match_an_independent_count(merged_small):
 
 
 def test_each_method_has_its_own_default_learning_rate():
-    from connectodistill.config import METHOD_LEARNING_RATE, TrainConfig
+    from connectodistill.core.config import METHOD_LEARNING_RATE, TrainConfig
 
     assert {m: TrainConfig(method=m).learning_rate for m in ("sft", "dpo", "grpo")} == METHOD_LEARNING_RATE
     assert METHOD_LEARNING_RATE["dpo"] < METHOD_LEARNING_RATE["grpo"] < METHOD_LEARNING_RATE["sft"]
@@ -80,7 +80,7 @@ def test_each_method_has_its_own_default_learning_rate():
 
 
 def test_balanced_order_draws_every_class_equally():
-    from connectodistill.grpo import balanced_order
+    from connectodistill.training.grpo import balanced_order
 
     letters = list("aaaaaabbc")
     order = balanced_order(letters, seed=0)
@@ -116,7 +116,7 @@ def check_run_folder(run: Path, parent: Path, method: str) -> dict:
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from connectodistill.modeling import load_model
+    from connectodistill.core.modeling import load_model
 
     cfg = json.loads((run / "training_config.json").read_text())
     up = json.loads((parent / "training_config.json").read_text())
@@ -134,8 +134,8 @@ def check_run_folder(run: Path, parent: Path, method: str) -> dict:
 
 
 def test_dpo_continues_an_sft_run(parent, merged_small, tmp_path):
-    from connectodistill.dpo import read_pairs
     from connectodistill.training import train
+    from connectodistill.training.dpo import read_pairs
 
     common = dict(method="dpo", from_run=parent, augmented_dataset=merged_small, output_dir=tmp_path,
                   run_name="dpo", num_samples=6, rpo_alpha=0.5, **{**FAST, "batch_size": 3})
@@ -185,8 +185,8 @@ def test_grpo_rewards_match_the_parser(parent, merged_small, tmp_path):
     zero = sum(len(set(v)) == 1 for v in per_step.values())
     assert g["zero_spread_batches"] == zero
     if answer_only:
-        from connectodistill.modeling import load_processor
-        from connectodistill.runs import ANSWER_ONLY_PREFILL
+        from connectodistill.core.modeling import load_processor
+        from connectodistill.training.runs import ANSWER_ONLY_PREFILL
 
         processor, _ = load_processor(run)
         rendered = processor.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from connectodistill.errors import UserError
-from connectodistill.modeling import (
+from connectodistill.core.errors import UserError
+from connectodistill.core.modeling import (
     add_lora,
     load_model,
     load_processor,
@@ -223,7 +223,7 @@ def test_lora_tune_vision_adapts_vision_blocks_not_merger(students, kind):
 def test_lora_trains_with_gradient_checkpointing(students):
     import torch
 
-    from connectodistill.conversation import build_messages
+    from connectodistill.core.conversation import build_messages
 
     processor, _ = load_processor(students["qwen3-vl"])
     model = load_model(students["qwen3-vl"])

@@ -21,8 +21,8 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.prediction import predict
-from connectodistill.task import BBOX_COLUMNS, VIEWS
+from connectodistill.core.task import BBOX_COLUMNS, VIEWS
+from connectodistill.prediction.recipe import predict
 from remote_fakes import DEPRECATIONS_ARE_ERRORS, LOCAL_WARNING, RC, Offline
 
 runner = CliRunner()
@@ -65,7 +65,7 @@ def _write_segments(rows: list[dict], folder: Path, *, bad: dict | None = None) 
 @pytest.fixture(scope="module")
 def kit(trained_run, small_benchmark, tmp_path_factory):
     """eval of the run's first N test samples, and the same samples as a table and as a dataset."""
-    from connectodistill.evaluation import evaluate, read_predictions
+    from connectodistill.evaluation.recipe import evaluate, read_predictions
 
     d = tmp_path_factory.mktemp("predict")
     result = evaluate(adapter_path=trained_run, output_dir=d / "results", name="eval8", num_samples=N, **GEN)
@@ -94,7 +94,7 @@ def _same_as_eval(out: Path, ev: pd.DataFrame) -> pd.DataFrame:
     assert pr["confidence"].to_numpy() == pytest.approx(ev["confidence"].to_numpy(), abs=1e-6)
     p_cols = [f"p_{x}" for x in "abcdefg"]
     assert pr[p_cols].to_numpy() == pytest.approx(ev[p_cols].to_numpy(), abs=1e-6)
-    from connectodistill.task import CLASSES
+    from connectodistill.core.task import CLASSES
 
     assert [CLASSES.get(x) if isinstance(x, str) else None for x in pr["letter"]] == \
         [x if isinstance(x, str) else None for x in pr["description"]]
@@ -114,7 +114,7 @@ def test_segment_table_and_images_give_evals_letters(kit, trained_run, monkeypat
     assert (out / "predict_errors.csv").read_text().strip() == "row,proofread_root_id,current_root_id,reason"
 
     # Triage afterwards: every chunk is done, so only the outputs are rebuilt (no model load).
-    from connectodistill import prediction
+    from connectodistill.prediction import recipe as prediction
 
     monkeypatch.setattr(prediction, "Student", lambda p: pytest.fail("loaded the model for nothing"))
     thr = float(pr["confidence"].median())
@@ -284,7 +284,7 @@ def test_ensemble_of_a_cv_run_averages_the_fold_students(kit, trained_run, tmp_p
 @pytest.mark.filterwarnings(DEPRECATIONS_ARE_ERRORS)
 def test_remote_shards_fan_out_retry_the_failed_one_and_merge_in_input_order(
         kit, trained_run, tmp_path, monkeypatch):
-    from connectodistill.config import PredictConfig
+    from connectodistill.core.config import PredictConfig
     from connectodistill.remote import container
     from connectodistill.remote.predict import predict_remote
 

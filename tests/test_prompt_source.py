@@ -12,11 +12,11 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.evaluation import evaluate
-from connectodistill.examples import build_examples, load_training_data
+from connectodistill.evaluation.recipe import evaluate
 from connectodistill.merging import merge
 from connectodistill.synthetic import make_teacher_csvs
 from connectodistill.training import train
+from connectodistill.training.examples import build_examples, load_training_data
 
 runner = CliRunner()
 TINY = dict(epochs=1, num_samples=8, batch_size=8, gradient_accumulation=1, learning_rate=3e-3,

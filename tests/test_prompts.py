@@ -11,8 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from connectodistill.merging import merge
-from connectodistill.prompts import (
+from connectodistill.core.prompts import (
     SamplePrompt,
     choose_setting,
     prompt_sha256,
@@ -21,9 +20,10 @@ from connectodistill.prompts import (
     sample_prompts,
     size_text,
 )
+from connectodistill.core.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
+from connectodistill.merging import merge
+from connectodistill.merging.teacher_csv import prompt_layout, prompt_text
 from connectodistill.synthetic import make_benchmark, make_teacher_csvs
-from connectodistill.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
-from connectodistill.teacher_csv import prompt_layout, prompt_text
 
 
 def read_text(path) -> pd.DataFrame:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from connectodistill import remote
-from connectodistill.config import EvalConfig, RemoteConfig, TrainConfig
-from connectodistill.errors import UserError
+from connectodistill.core.config import EvalConfig, RemoteConfig, TrainConfig
+from connectodistill.core.errors import UserError
 from connectodistill.remote import app as remote_app
 from connectodistill.remote import boundary, container, volumes
 from remote_fakes import DEPRECATIONS_ARE_ERRORS, LOCAL_WARNING, RC, FakeVolume, Offline, Trap
@@ -249,7 +249,7 @@ def test_train_function_leaves_a_local_runs_folder_and_resumes(
     broken = run_dir / "checkpoints" / "checkpoint-999"
     broken.mkdir()
     (broken / "adapter_model.safetensors").write_bytes(b"partial")
-    from connectodistill import training
+    from connectodistill.training import recipe as training
 
     seen = []
     real_train = training.train
@@ -305,7 +305,7 @@ def _gated():
     (lambda: (_ for _ in ()).throw(ConnectionError("Connection reset by peer")), None),
 ])
 def test_deterministic_failures_are_returned_and_others_raised(fail, reason, offline, commits, monkeypatch):
-    from connectodistill import training
+    from connectodistill.training import recipe as training
 
     monkeypatch.setattr(training, "train", lambda cfg, **kw: fail())
     settings = TrainConfig(augmented_dataset="merged.parquet").model_dump(mode="json")
@@ -377,7 +377,7 @@ def test_multi_gpu_runs_accelerate_and_commits_each_checkpoint(tmp_path, monkeyp
     # writes two checkpoints, a while apart.
     script = (
         "import sys, time; from pathlib import Path\n"
-        "from connectodistill.config import TrainConfig, build_config, load_config_file\n"
+        "from connectodistill.core.config import TrainConfig, build_config, load_config_file\n"
         "cfg = build_config(TrainConfig, load_config_file(Path(sys.argv[1])), {})\n"
         "for step in (1, 2):\n"
         "    d = Path(cfg.run_dir) / 'checkpoints' / f'checkpoint-{step}'\n"
@@ -462,7 +462,7 @@ def test_train_remote_uploads_trains_and_downloads(user_dir, small_benchmark, of
 def test_train_remote_dpo_uploads_the_from_run(user_dir, local_run, offline, commits):
     """`--method dpo --from RUN --remote`: the parent run folder goes up with the merged file,
     and the container continues it under the path as given, like a local run."""
-    from connectodistill.runs import continued_settings
+    from connectodistill.training.runs import continued_settings
 
     shutil.copytree(local_run, user_dir / "parent-run")
     merged = Path(json.loads((local_run / "training_config.json").read_text())["merged_file"])
@@ -564,7 +564,7 @@ def test_upload_is_content_addressed(tmp_path):
 MULTI_GPU_SCRIPT = """
 import json, os, sys
 sys.path.insert(0, sys.argv[1])
-from connectodistill.config import TrainConfig
+from connectodistill.core.config import TrainConfig
 from connectodistill.remote import container as c
 assert c.__file__.startswith(sys.argv[1]), c.__file__
 args = json.loads(sys.argv[2])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from connectodistill import remote
-from connectodistill.errors import UserError
+from connectodistill.core.errors import UserError
 from connectodistill.remote import container
 from remote_fakes import DEPRECATIONS_ARE_ERRORS, LOCAL_WARNING, RC, Offline
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from connectodistill import remote
-from connectodistill.config import TrainConfig
-from connectodistill.errors import UserError
+from connectodistill.core.config import TrainConfig
+from connectodistill.core.errors import UserError
 from connectodistill.remote import container, fanout
 from remote_fakes import DEPRECATIONS_ARE_ERRORS, LOCAL_WARNING, RC, Offline
 
@@ -34,7 +34,7 @@ def fake_train(cfg, callbacks=()):
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    from connectodistill import training
+    from connectodistill.training import recipe as training
 
     monkeypatch.setattr(training, "train", fake_train)
     monkeypatch.setattr(container, "commit_volume", lambda name: None)

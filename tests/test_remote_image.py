@@ -17,8 +17,8 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from connectodistill import remote
-from connectodistill.config import RemoteConfig
-from connectodistill.errors import UserError
+from connectodistill.core.config import RemoteConfig
+from connectodistill.core.errors import UserError
 from connectodistill.remote import app as remote_app
 from remote_fakes import DEPRECATIONS_ARE_ERRORS
 
@@ -138,7 +138,7 @@ DECLARE = """
 import json, sys, warnings
 sys.path.insert(0, sys.argv[1])
 warnings.simplefilter("error", __import__("modal.exception").exception.DeprecationError)
-from connectodistill.config import RemoteConfig
+from connectodistill.core.config import RemoteConfig
 from connectodistill.remote import declare
 import modal
 d = declare(RemoteConfig(gpu="H100:2"), environ={})

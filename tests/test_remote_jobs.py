@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from connectodistill import remote
-from connectodistill.config import EvalConfig, RemoteConfig, TrainConfig
-from connectodistill.errors import UserError
+from connectodistill.core.config import EvalConfig, RemoteConfig, TrainConfig
+from connectodistill.core.errors import UserError
 from connectodistill.remote import container
 from remote_fakes import DEPRECATIONS_ARE_ERRORS, LOCAL_WARNING, RC, Offline
 
@@ -44,7 +44,8 @@ def fake_evaluate(cfg):
 
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
-    from connectodistill import evaluation, training
+    from connectodistill.evaluation import recipe as evaluation
+    from connectodistill.training import recipe as training
 
     monkeypatch.setattr(training, "train", fake_train)
     monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
@@ -81,7 +82,7 @@ def test_attached_run_is_a_detached_job_waited_on_then_downloaded(user_dir, offl
 def test_a_deterministic_failure_comes_back_as_one_line(user_dir, offline, monkeypatch):
     import torch
 
-    from connectodistill import training
+    from connectodistill.training import recipe as training
 
     def oom(cfg, callbacks=()):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
@@ -160,7 +161,7 @@ def test_fetch_downloads_the_finished_runs_started_here(user_dir, offline, tmp_p
 
 
 def test_status_survives_modal_forgetting_the_call(user_dir, offline, monkeypatch):
-    from connectodistill import training
+    from connectodistill.training import recipe as training
 
     monkeypatch.setattr(training, "train", lambda cfg, callbacks=(): (_ for _ in ()).throw(
         UserError("merged file has no split lists")))

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from connectodistill.errors import UserError
-from connectodistill.scoring import (
+from connectodistill.core.errors import UserError
+from connectodistill.core.scoring import (
     classification_metrics,
     ground_truth_letters,
     majority_vote,
@@ -16,7 +16,7 @@ from connectodistill.scoring import (
     parse_answer,
     parse_response,
 )
-from connectodistill.task import CLASSES, LETTERS
+from connectodistill.core.task import CLASSES, LETTERS
 
 # The answer rule, as docs/evaluation.md shows it. Teacher side: the CSV's `llm_answer` cell
 # (already the text between the tags); student side: a whole generated response.

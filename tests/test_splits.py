@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from connectodistill.errors import UserError
-from connectodistill.splits import assign_splits
+from connectodistill.core.errors import UserError
+from connectodistill.merging.splits import assign_splits
 
 
 def _data(n=3000, seed=0):

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from connectodistill.conversation import build_messages, build_prompt, target_text
-from connectodistill.errors import UserError
+from connectodistill.core.conversation import build_messages, build_prompt, target_text
+from connectodistill.core.errors import UserError
 
 KINDS = ("qwen3-vl", "qwen2.5-vl", "qwen2-vl")
 ROW = {"species": "mouse", "xmin": 151234.5, "ymin": 200000.25, "zmin": 180000.0,

@@ -14,9 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from connectodistill.synthetic.benchmark import CLASS_FREQUENCIES, make_benchmark
-from connectodistill.synthetic.teacher import ANALYSIS_PHRASES, make_teacher_csvs
-from connectodistill.task import (
+from connectodistill.core.task import (
     BBOX_COLUMNS,
     CLASSES,
     DESCRIPTION_TO_LETTER,
@@ -24,6 +22,8 @@ from connectodistill.task import (
     LETTERS,
     MISSING_ANALYSIS,
 )
+from connectodistill.synthetic.benchmark import CLASS_FREQUENCIES, make_benchmark
+from connectodistill.synthetic.teacher import ANALYSIS_PHRASES, make_teacher_csvs
 
 CSV_HEADER = [
     "proofread root id",
@@ -47,7 +47,7 @@ CSV_HEADER = [
 
 def strict_letter(answer: str) -> str | None:
     """What the project's answer rule reads, with the kit prompt's own option wording."""
-    from connectodistill.scoring import parse_answer
+    from connectodistill.core.scoring import parse_answer
     from connectodistill.synthetic.teacher import PROMPT_OPTIONS
 
     return parse_answer(answer, PROMPT_OPTIONS)
@@ -297,7 +297,7 @@ def test_prompt_literal_parses_and_carries_the_views(bench, csvs):
     text = blocks[3]["text"]
     assert "\n" in text and "'" in text and "mouse" in text
     # the box size as the teacher printed it: maxpt - minpt of the CSV's own coordinates
-    from connectodistill.prompts import size_text
+    from connectodistill.core.prompts import size_text
     from connectodistill.synthetic.teacher import PROMPT_OPTIONS
 
     size = size_text([float(row[c]) for c in ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")])

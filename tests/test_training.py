@@ -13,12 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from connectodistill.cli import app
-from connectodistill.conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
-from connectodistill.data import read_merged
-from connectodistill.errors import UserError
-from connectodistill.examples import build_examples, load_training_data, pick_rows
-from connectodistill.task import image_columns
-from connectodistill.training import IGNORE_INDEX, DistillCollator, train
+from connectodistill.core.conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
+from connectodistill.core.data import read_merged
+from connectodistill.core.errors import UserError
+from connectodistill.core.task import image_columns
+from connectodistill.training import train
+from connectodistill.training.collator import IGNORE_INDEX
+from connectodistill.training.examples import build_examples, load_training_data, pick_rows
+from connectodistill.training.sft import DistillCollator
 
 
 def examples_of(merged, df=None, **kw):
@@ -30,7 +32,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def processor(tiny_student):
-    from connectodistill.modeling import load_processor
+    from connectodistill.core.modeling import load_processor
 
     return load_processor(str(tiny_student))[0]
 
@@ -67,7 +69,7 @@ def test_labels_are_exactly_the_answer_and_end_token(processor, examples):
 def test_logits_only_where_the_loss_reads_them(tiny_student, processor, examples):
     import torch
 
-    from connectodistill.modeling import load_model
+    from connectodistill.core.modeling import load_model
 
     ex, cols = examples
     batch = DistillCollator(processor, cols)(ex[:3])
@@ -102,7 +104,7 @@ def test_overlong_sample_is_an_error_not_a_truncation(processor, examples):
 def test_images_reach_the_model(tiny_student, processor, examples):
     import torch
 
-    from connectodistill.modeling import load_model
+    from connectodistill.core.modeling import load_model
 
     ex, cols = examples
     model = load_model(str(tiny_student))
@@ -152,7 +154,7 @@ def test_adapter_reloads_to_identical_logits(trained_run, tiny_student, processo
     import torch
     from peft import PeftModel
 
-    from connectodistill.modeling import load_model
+    from connectodistill.core.modeling import load_model
 
     ex, cols = examples
     batch = DistillCollator(processor, cols)(ex[:2])

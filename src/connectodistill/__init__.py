@@ -1,9 +1,13 @@
-"""connectodistill: distil a teacher's ConnectomeBench answers into a small Qwen-VL student.
+"""connectodistill: distil a teacher's ConnectomeBench answers into a small open VLM student.
 
-The data flows ``teacher_csv -> matching -> scoring -> prompts/conversation -> training -> evaluation -> reporting``; each CLI
-verb is one function here, importable from a notebook::
+The flow, a package per stage over the shared ``core``::
 
-    from connectodistill import merge, train, evaluate, report, demo
+    teacher CSVs -> merging -> training -> evaluation (+ report) -> prediction (+ export)
+
+Each CLI verb is one function here, importable from a notebook::
+
+    from connectodistill import merge, train, evaluate, report, predict, export, demo
+    from connectodistill import TrainConfig, UserError
 
 Heavy libraries (torch, transformers, datasets) are imported only when a verb runs.
 """
@@ -12,21 +16,27 @@ from importlib import import_module
 
 __version__ = "0.1.0"
 
-# verb -> module; resolved lazily so `import connectodistill` stays fast.
+# name -> module; resolved lazily so `import connectodistill` stays fast. The modules are named
+# by nouns, so no submodule can shadow a verb.
 _VERBS = {
-    "merge": "merging",
-    "train": "training",
-    "evaluate": "evaluation",
-    "report": "reporting",
+    "merge": "merging.recipe",
+    "train": "training.recipe",
+    "evaluate": "evaluation.recipe",
+    "report": "evaluation.reporting",
+    "predict": "prediction.recipe",
+    "export": "prediction.exporting",
     "demo": "offline_demo",
-    "export": "exporting",
-    "predict": "prediction",
+}
+_NAMES = {
+    **{c: "core.config" for c in ("MergeConfig", "TrainConfig", "EvalConfig", "ReportConfig",
+                                  "PredictConfig", "ExportConfig", "DemoConfig", "RemoteConfig")},
+    "UserError": "core.errors",
 }
 
-__all__ = ["__version__", *_VERBS]
+__all__ = ["__version__", *_VERBS, *_NAMES]
 
 
 def __getattr__(name: str):
-    if name in _VERBS:
-        return getattr(import_module(f"connectodistill.{_VERBS[name]}"), name)
+    if name in _VERBS or name in _NAMES:
+        return getattr(import_module(f"connectodistill.{_VERBS.get(name) or _NAMES[name]}"), name)
     raise AttributeError(f"module 'connectodistill' has no attribute {name!r}")

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from . import __version__
-from .config import (
+from .core.config import (
     DemoConfig,
     EvalConfig,
     MergeConfig,
@@ -25,7 +25,7 @@ from .config import (
     build_config,
     load_config_file,
 )
-from .errors import UserError
+from .core.errors import UserError
 
 app = typer.Typer(
     name="connectodistill",
@@ -131,7 +131,7 @@ def merge(
         flags["csv_files"] = files
 
     def go():
-        from .merging import merge as merge_fn
+        from .merging.recipe import merge as merge_fn
 
         cfg, _ = _configs(MergeConfig, config, flags)
         if not cfg.csv_files:
@@ -228,12 +228,12 @@ def train(
         flags.pop(k)
 
     def go():
-        from .sweeps import parse_sweep
+        from .training.sweeps import parse_sweep
 
         flags["sweep"] = parse_sweep(flags.get("sweep")) or None
         cfg, remote_cfg = _configs(TrainConfig, config, flags)
         if cfg.method != "sft":  # check --from now; a remote run needs its model and data paths
-            from .runs import continued_settings
+            from .training.runs import continued_settings
 
             cfg = continued_settings(cfg)
         if remote:
@@ -241,7 +241,7 @@ def train(
 
             train_remote(cfg, remote_cfg)
         else:
-            from .training import train as train_fn
+            from .training.recipe import train as train_fn
 
             train_fn(cfg)
 
@@ -316,7 +316,7 @@ def eval_(
 
             evaluate_remote(cfg, remote_cfg)
         else:
-            from .evaluation import evaluate
+            from .evaluation.recipe import evaluate
 
             evaluate(cfg)
 
@@ -361,7 +361,7 @@ def predict(
     flags["eval_gpu"], flags["eval_timeout"] = flags.pop("gpu"), flags.pop("timeout")
 
     def go():
-        from .config import PredictConfig
+        from .core.config import PredictConfig
 
         cfg, remote_cfg = _configs(PredictConfig, config, flags)
         if remote:
@@ -369,7 +369,7 @@ def predict(
 
             predict_remote(cfg, remote_cfg)
         else:
-            from .prediction import predict as predict_fn
+            from .prediction.recipe import predict as predict_fn
 
             predict_fn(cfg)
 
@@ -389,7 +389,7 @@ def report(
     flags.pop("config")
 
     def go():
-        from .reporting import report as report_fn
+        from .evaluation.reporting import report as report_fn
 
         cfg, _ = _configs(ReportConfig, config, flags)
         if not cfg.results:
@@ -415,8 +415,8 @@ def export(
     flags.pop("config")
 
     def go():
-        from .config import ExportConfig
-        from .exporting import export as export_fn
+        from .core.config import ExportConfig
+        from .prediction.exporting import export as export_fn
 
         cfg, _ = _configs(ExportConfig, config, flags)
         export_fn(cfg)
@@ -490,8 +490,8 @@ def remote_check(
     lets the token read the student; prints the image's library versions."""
 
     def go():
+        from .core.task import DEFAULT_MODEL
         from .remote import remote_check as check_fn
-        from .task import DEFAULT_MODEL
 
         values = load_config_file(config).get("remote") or {}
         check_fn(build_config(RemoteConfig, values, {}), gpu=gpu, model=model or DEFAULT_MODEL)

@@ -17,8 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from .config import DemoConfig, resolve
-from .errors import UserError
+from .core.config import DemoConfig, resolve
+from .core.errors import UserError
 
 # Settings chosen so a tiny student learns the synthetic shapes in under four minutes on 2 CPU
 # cores (measurements in bench/README.md, "demo"): the vision tower of a random tiny model carries
@@ -44,11 +44,11 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
     """Run every stage under ``output_dir``; return the report.json contents."""
     from rich.console import Console
 
-    from .evaluation import evaluate
-    from .merging import merge
-    from .reporting import report
+    from .evaluation.recipe import evaluate
+    from .evaluation.reporting import report
+    from .merging.recipe import merge
     from .synthetic import make_benchmark, make_teacher_csvs, make_tiny_student
-    from .training import train
+    from .training.recipe import train
 
     cfg = resolve(DemoConfig, config, overrides)
     out = Path(cfg.output_dir)
@@ -136,7 +136,7 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
             result["student_blank_images_accuracy"] <= result["majority_class_rate"] + 0.1,
         "under_5_minutes": result["total_seconds"] < 300,
     }
-    from .data import atomic_write_json
+    from .core.data import atomic_write_json
 
     atomic_write_json(out / "report.json", result, indent=1)
     console.print(

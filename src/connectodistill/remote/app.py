@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import RemoteConfig
-from ..errors import UserError
+from ..core.config import RemoteConfig
+from ..core.errors import UserError
 from . import container
 
 PYTHON_VERSION = "3.11"

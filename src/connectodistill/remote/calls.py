@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config import RemoteConfig
-from ..errors import UserError
+from ..core.config import RemoteConfig
+from ..core.errors import UserError
 from . import boundary
 from .container import first_line
 

@@ -28,8 +28,8 @@ from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
-from ..config import EvalConfig, TrainConfig
-from ..errors import UserError
+from ..core.config import EvalConfig, TrainConfig
+from ..core.errors import UserError
 
 ROOT_ENV = "CONNECTODISTILL_VOLUMES_ROOT"
 MOUNTS = ("models", "datasets", "runs")
@@ -53,7 +53,8 @@ def train_in_container(settings: dict, links: dict[str, str], run_name: str, gpu
                        runs_volume: str | None = None, models_volume: str | None = None,
                        call_token: str | None = None) -> dict:
     """Train into ``runs/train/<run_name>``; a folder with checkpoints is continued, not restarted."""
-    from ..training import last_checkpoint, train
+    from ..training.recipe import train
+    from ..training.runs import last_checkpoint
 
     run_dir = volumes_root() / "runs" / TRAIN_DIR / run_name
     commit = partial(commit_volume, runs_volume)
@@ -81,7 +82,7 @@ def train_in_container(settings: dict, links: dict[str, str], run_name: str, gpu
 def evaluate_in_container(settings: dict, links: dict[str, str], runs_volume: str | None = None,
                           models_volume: str | None = None, call_token: str | None = None) -> dict:
     """Evaluate into ``runs/eval/<name>`` (the name is fixed by the caller)."""
-    from ..evaluation import evaluate
+    from ..evaluation.recipe import evaluate
 
     name = settings.get("name") or "eval"
     try:
@@ -107,8 +108,8 @@ def predict_in_container(settings: dict, links: dict[str, str], name: str, shard
                          call_token: str | None = None) -> dict:
     """Predict one shard into ``runs/predict/<name>/shard-NNNN``, committing after every chunk, so
     a retried or preempted call resumes from the chunks already there."""
-    from ..config import PredictConfig
-    from ..prediction import SUMMARY, predict
+    from ..core.config import PredictConfig
+    from ..prediction.recipe import SUMMARY, predict
 
     key = f"{name}/shard-{shard:04d}"
     out = volumes_root() / "runs" / PREDICT_DIR / key

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from ..config import EvalConfig, RemoteConfig, TrainConfig
-from ..errors import UserError
+from ..core.config import EvalConfig, RemoteConfig, TrainConfig
+from ..core.errors import UserError
 from . import boundary
 from .app import declare, read_lock, resources
 from .calls import (
@@ -115,8 +115,8 @@ def evaluate_remote(eval_cfg: EvalConfig, remote_cfg: RemoteConfig) -> Path | No
     cross-validation run fans out: each fold's adapter on its own test fold in its own container
     at once, pooled here exactly as a local eval pools them.
     """
-    from ..cross_validation import evaluate_cv
-    from ..run_folders import chosen_run, is_cv_run, is_sweep
+    from ..evaluation.pooled import evaluate_cv
+    from ..training.run_folders import chosen_run, is_cv_run, is_sweep
 
     if eval_cfg.adapter_path is None and eval_cfg.base_model is None:
         raise UserError("nothing to evaluate: pass --adapter-path RUN_DIR or --base-model ID_OR_PATH")
@@ -174,7 +174,7 @@ def evaluate_many_remote(cfgs: list[EvalConfig], rc: RemoteConfig) -> list[Path]
 def _eval_call(eval_cfg: EvalConfig, remote_cfg: RemoteConfig, runs) -> tuple[dict, Job, str | None]:
     """Upload what one eval reads from this machine; return (call kwargs, its Job, a Hub model
     whose weights to prefetch or None). The name on the runs volume is unique per output folder."""
-    from ..task import DEFAULT_DATASET
+    from ..core.task import DEFAULT_DATASET
 
     res = resources(remote_cfg)
     merged = Path(eval_cfg.merged) if eval_cfg.merged is not None else None
@@ -334,7 +334,7 @@ def _local_input(value: str | os.PathLike | None, what: str) -> Path | None:
     use); a local-looking path that does not exist is a UserError."""
     if value is None:
         return None
-    from .. import data, modeling
+    from ..core import data, modeling
 
     text = str(value)
     looks_local = data._looks_local if what == "benchmark" else modeling._looks_local
@@ -350,7 +350,7 @@ def _remote_run_name(cfg: TrainConfig, runs, merged: Path) -> str:
     if cfg.run_dir is None and not cfg.resume:
         import pyarrow.parquet as pq
 
-        from ..training import run_folder_name
+        from ..training.runs import run_folder_name
 
         teachers = []
         if "teacher_model" in pq.read_schema(merged).names:
@@ -381,7 +381,7 @@ def _remote_run_name(cfg: TrainConfig, runs, merged: Path) -> str:
 
 def _default_eval_name(cfg: EvalConfig, base_model: str | None, run: dict, report: dict) -> str:
     """The name evaluate() would give, fixed here so a detached call can be fetched by it."""
-    from ..eval_inputs import default_name
+    from ..evaluation.inputs import default_name
 
     split = cfg.split or ("test" if (run.get("splits") or report.get("splits")) else "all")
     return default_name(cfg, {"base_model": base_model or ""}, split)
@@ -391,7 +391,7 @@ def _merge_report(merged: Path) -> dict:
     """The merge report stored in the parquet's schema metadata (dataset name, split lists)."""
     import pyarrow.parquet as pq
 
-    from ..data import METADATA_KEY
+    from ..core.data import METADATA_KEY
 
     raw = (pq.read_schema(merged).metadata or {}).get(METADATA_KEY.encode())
     return json.loads(raw) if raw else {}

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from ..config import RemoteConfig, TrainConfig
-from ..errors import UserError
+from ..core.config import RemoteConfig, TrainConfig
+from ..core.errors import UserError
 from . import boundary
 from .app import declare, resources
 from .calls import FAILED, FINISHED, QUEUED, RUNNING, Fanout, modal_errors, spawn_all
@@ -139,7 +139,7 @@ def _resume_or_spawn(fn, kwargs: list[dict], jobs: list[TrainJob], record_dir: P
 
 
 def _write_record(record_dir: Path, fan: Fanout, jobs: list[TrainJob]) -> None:
-    from ..data import atomic_write_json
+    from ..core.data import atomic_write_json
 
     atomic_write_json(record_dir / FANOUT_RECORD, {"runs": [
         {"name": j.name, "local": j.local_dir.name, "status": h.status, "call_id": h.call_id, "error": h.error}
@@ -149,7 +149,7 @@ def _write_record(record_dir: Path, fan: Fanout, jobs: list[TrainJob]) -> None:
 # ----------------------------------------------------------------------------- folds and sweeps
 def _examples(cfg: TrainConfig) -> int:
     """Rough training examples x epochs of one run (for the estimate): train rows of its split."""
-    from ..data import read_merged
+    from ..core.data import read_merged
 
     report = read_merged(cfg.augmented_dataset, columns=[])[1]
     splits = (report.get("fold_splits") or [report.get("splits")])[cfg.fold or 0] if cfg.fold is not None \
@@ -171,7 +171,7 @@ def _already_done(job: TrainJob, runs) -> bool:
 def train_cv_remote(cfg: TrainConfig, rc: RemoteConfig, *, max_parallel: int | None = None,
                     confirm: Callable[[str], bool] | None = None) -> Path:
     """``train --folds --remote``: every missing fold on its own GPU container, at once."""
-    from ..cross_validation import fold_config, fold_dir, plan_cv, write_cv_config
+    from ..training.cross_validation import fold_config, fold_dir, plan_cv, write_cv_config
 
     cv_dir, todo, config = plan_cv(cfg)
     write_cv_config(cv_dir, config)
@@ -199,8 +199,8 @@ def train_cv_remote(cfg: TrainConfig, rc: RemoteConfig, *, max_parallel: int | N
 def train_sweep_remote(cfg: TrainConfig, rc: RemoteConfig, *, max_parallel: int | None = None,
                        confirm: Callable[[str], bool] | None = None) -> Path:
     """``train --sweep ... --remote``: every grid point (x every fold) at once; chosen on val."""
-    from ..cross_validation import cv_folds, fold_config, fold_dir, write_cv_config
-    from ..sweeps import choose, grid, parse_sweep, sweep_dir_for
+    from ..training.cross_validation import cv_folds, fold_config, fold_dir, write_cv_config
+    from ..training.sweeps import choose, grid, parse_sweep, sweep_dir_for
 
     if cfg.select_by == "last":
         raise UserError("a sweep chooses on validation: pass --select-by val_loss or --select-by val_accuracy")
@@ -210,7 +210,7 @@ def train_sweep_remote(cfg: TrainConfig, rc: RemoteConfig, *, max_parallel: int 
     for k, point in enumerate(points):
         pcfg = cfg.model_copy(update={**point, "sweep": None, "run_dir": out / f"point-{k}", "resume": False})
         if cfg.folds:
-            from ..data import sha256_file
+            from ..core.data import sha256_file
 
             point_dir = out / f"point-{k}"
             n = len(cv_folds(Path(cfg.augmented_dataset)))

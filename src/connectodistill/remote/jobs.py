@@ -12,8 +12,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
-from ..config import RemoteConfig
-from ..errors import UserError
+from ..core.config import RemoteConfig
+from ..core.errors import UserError
 from . import boundary
 from .calls import (
     CANCELLED,

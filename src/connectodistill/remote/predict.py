@@ -21,8 +21,8 @@ import re
 import shutil
 from pathlib import Path
 
-from ..config import PredictConfig, RemoteConfig
-from ..errors import UserError
+from ..core.config import PredictConfig, RemoteConfig
+from ..core.errors import UserError
 from . import boundary
 from .app import declare, resources
 from .calls import FAILED, FINISHED, QUEUED, RUNNING, Fanout, modal_errors
@@ -49,7 +49,7 @@ def _shard_name(k: int) -> str:
 
 
 def _local_complete(out: Path, k: int, rng: tuple[int, int], chunk_size: int) -> bool:
-    from ..prediction_files import done_chunks
+    from ..prediction.files import done_chunks
 
     total = rng[1] - rng[0]
     return len(done_chunks(out / SHARDS_DIR / _shard_name(k), rng[0], total, chunk_size)) == -(-total // chunk_size)
@@ -62,8 +62,8 @@ def _shard_files(out: Path, k: int, rng: tuple[int, int], chunk_size: int) -> li
 
 def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
     """Predict on Modal, N shards at once; return the local output folder (merged)."""
-    from ..data import atomic_write_json
-    from ..prediction import (
+    from ..core.data import atomic_write_json
+    from ..prediction.recipe import (
         MANIFEST,
         SUMMARY,
         check_output,
@@ -159,7 +159,7 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
     atomic_write_json(out / SUMMARY, summary)
     from rich.console import Console
 
-    from ..prediction_files import report
+    from ..prediction.files import report
 
     report(summary, out, p.settings[0], Console(stderr=True))
     return out
@@ -207,8 +207,8 @@ def _stage_inputs(p, out: Path, ranges, todo: set[int]):
     (shard, range). One pass over the input, one chunk in memory at a time."""
     import pyarrow.parquet as pq
 
-    from ..segments import image_name
-    from ..task import ID_COLUMNS, VIEWS
+    from ..core.task import ID_COLUMNS, VIEWS
+    from ..prediction.segments import image_name
 
     writers: dict[int, pq.ParquetWriter] = {}
     stage = out / STAGE_DIR
@@ -261,7 +261,7 @@ def _read_state(out: Path) -> dict:
 
 
 def _save_state(out: Path, name: str, ranges, todo: list[int], fan: Fanout) -> None:
-    from ..data import atomic_write_json
+    from ..core.data import atomic_write_json
 
     old = {r["shard"]: r for r in _read_state(out).get("records", [])}
     for k, rec in zip(todo, fan.records(), strict=True):

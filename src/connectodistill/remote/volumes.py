@@ -14,7 +14,7 @@ import sys
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
-from ..config import RemoteConfig, TrainConfig
+from ..core.config import RemoteConfig, TrainConfig
 from . import boundary
 from .container import EVAL_DIR, EVAL_SUMMARY, RUN_CONFIG, TRAIN_DIR
 
@@ -43,7 +43,7 @@ def _files(path: Path) -> list[tuple[str, Path]]:
 
 
 def sha256(path: Path) -> str:
-    from ..data import sha256_file as file_hash
+    from ..core.data import sha256_file as file_hash
 
     if path.is_file():
         return file_hash(path)

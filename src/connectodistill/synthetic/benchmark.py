@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import atomic_path
-from ..task import CLASSES, IMAGE_COLUMN_STYLES, VIEWS
+from ..core.data import atomic_path
+from ..core.task import CLASSES, IMAGE_COLUMN_STYLES, VIEWS
 
 __all__ = ["CLASS_FREQUENCIES", "make_benchmark"]
 

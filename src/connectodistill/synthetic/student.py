@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 KINDS: tuple[str, ...] = ("qwen3-vl", "qwen2.5-vl", "qwen2-vl")
 
@@ -206,7 +206,7 @@ def make_processor(path: str | Path, kind: str = "qwen3-vl", *, min_pixels: int 
 
 
 def _corpus() -> list[str]:
-    from ..conversation import tokenizer_corpus
+    from ..core.conversation import tokenizer_corpus
     from .teacher import ANALYSIS_DETAIL, ANALYSIS_PHRASES, teacher_prompt_text
 
     texts = list(tokenizer_corpus()) + [ANALYSIS_DETAIL.format(n=n) for n in range(5, 60)]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import atomic_path
-from ..task import (
+from ..core.data import atomic_path
+from ..core.task import (
     CLASSES,
     DESCRIPTION_TO_LETTER,
     IMAGE_COLUMN_STYLES,
@@ -159,7 +159,7 @@ def teacher_prompt_text(species: str, size: str, with_description: bool) -> str:
 
 
 def _size_of(box_strs: list[str]) -> str:
-    from ..prompts import size_text
+    from ..core.prompts import size_text
 
     return size_text([float(x) for x in box_strs])
 

@@ -29,8 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .task import SPLITS
+from ..core.errors import UserError
+from ..core.task import SPLITS
 
 __all__ = ["assign_folds", "assign_splits", "leak_groups"]
 

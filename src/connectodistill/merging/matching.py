@@ -24,10 +24,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .errors import UserError
-from .scoring import UNPARSED, option_descriptions, parse_answer
+from ..core.errors import UserError
+from ..core.scoring import UNPARSED, option_descriptions, parse_answer
+from ..core.task import (
+    BBOX_COLUMNS,
+    CLASSES,
+    DESCRIPTION_TO_LETTER,
+    ID_COLUMNS,
+    LETTERS,
+    label_column,
+)
 from .splits import leak_groups
-from .task import BBOX_COLUMNS, CLASSES, DESCRIPTION_TO_LETTER, ID_COLUMNS, LETTERS, label_column
 from .teacher_csv import INT64_MAX, Teacher, as_numpy, parse_int_strings
 
 __all__ = ["Benchmark", "Votes", "describe_benchmark", "match_responses", "score_responses", "vote"]

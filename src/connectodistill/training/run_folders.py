@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import UserError
+from ..core.errors import UserError
 from .runs import RUN_CONFIG
 
 CV_CONFIG = "cv_config.json"  # a cross-validation run: folds 0..K-1 in fold-<i>/

@@ -11,7 +11,7 @@ import csv
 import hashlib
 from pathlib import Path
 
-from .task import ID_COLUMNS
+from ..core.task import ID_COLUMNS
 
 
 def sample_ids_hash(pids, cids) -> str:
@@ -28,8 +28,8 @@ def confidence_summary(preds, seed: int = 0) -> dict:
     """
     import numpy as np
 
-    from .calibration import LETTER_COLUMNS, summarize, vote_distribution
-    from .scoring import classification_metrics
+    from ..core.calibration import LETTER_COLUMNS, summarize, vote_distribution
+    from ..core.scoring import classification_metrics
 
     truth = preds["ground_truth_letter"].tolist()
     out = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
@@ -49,7 +49,7 @@ def confidence_summary(preds, seed: int = 0) -> dict:
 
 def plot_confidence(summary: dict, preds, out_dir: Path) -> None:
     """``reliability.png`` and ``risk_coverage.png``: letter probability, and vote share with --votes."""
-    from .calibration import plot_reliability, plot_risk_coverage
+    from ..core.calibration import plot_reliability, plot_risk_coverage
 
     bins = {"letter probability": summary["reliability"]}
     curves = {"letter probability": (preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float))}
@@ -66,7 +66,7 @@ def plot_confidence(summary: dict, preds, out_dir: Path) -> None:
 def write_predictions(preds, path: Path) -> None:
     """Per-sample CSV. Every text field is quoted: generated text can hold a bare '\r', which
     minimal quoting leaves unquoted and CSV readers then take for a line break."""
-    from .data import atomic_write_text
+    from ..core.data import atomic_write_text
 
     atomic_write_text(path, preds.to_csv(index=False, quoting=csv.QUOTE_NONNUMERIC))
 
@@ -127,7 +127,7 @@ def print_summary(summary: dict) -> None:
     console = Console(stderr=True)
     console.print(t)
     if summary.get("ece") is not None:
-        from .calibration import reading
+        from ..core.calibration import reading
 
         cov = summary["coverage_at_accuracy"]
         console.print(f"confidence (letter probability): ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}, "

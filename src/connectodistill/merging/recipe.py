@@ -29,9 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import data
-from .config import MergeConfig
-from .errors import UserError
+from ..core import data
+from ..core.config import MergeConfig
+from ..core.errors import UserError
+from ..core.prompts import recover_templates, setting_name, size_text
+from ..core.task import BBOX_COLUMNS, LETTERS, MISSING_ANALYSIS
 from .matching import (
     TEACHER_COLUMNS,
     Benchmark,
@@ -41,10 +43,8 @@ from .matching import (
     score_responses,
     vote,
 )
-from .merge_report import build_report, print_summary
-from .prompts import recover_templates, setting_name, size_text
+from .metadata import build_report, print_summary
 from .splits import assign_folds, assign_splits
-from .task import BBOX_COLUMNS, LETTERS, MISSING_ANALYSIS
 from .teacher_csv import Prompts, Teacher, as_numpy, decode_prompts, memory_pool, read_teacher_csvs
 
 __all__ = ["MergeResult", "merge", "output_paths"]

@@ -26,11 +26,11 @@ import json
 import time
 from pathlib import Path
 
-from .config import TrainConfig, resolve
-from .conversation import build_messages
-from .errors import UserError
+from ..core.config import TrainConfig, resolve
+from ..core.conversation import build_messages
+from ..core.errors import UserError
+from ..core.task import ID_COLUMNS, label_column
 from .examples import build_examples
-from .task import ID_COLUMNS, label_column
 
 REWARDS_FILE = "rewards.jsonl"
 
@@ -46,7 +46,7 @@ def completion_text(completion) -> str:
 
 def score(text: str, answer: str, prompt_text: str) -> tuple[float, float]:
     """(right letter, well-formed analysis + answer) of one completion, 1.0 or 0.0 each."""
-    from .scoring import option_descriptions, parse_response
+    from ..core.scoring import option_descriptions, parse_response
 
     analysis, letter = parse_response(text, option_descriptions(prompt_text))
     return float(letter == answer), float(letter is not None and bool(analysis))
@@ -128,9 +128,9 @@ def balanced_order(letters: list[str], seed: int) -> list[int]:
 # ----------------------------------------------------------------------------- the recipe
 def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
     """Continue the SFT student of ``from_run`` with GRPO on the ground-truth reward; return the run folder."""
+    from ..core.scoring import ground_truth_letters
     from . import runs, trainers
     from .examples import pick_rows
-    from .scoring import ground_truth_letters
 
     cfg = resolve(TrainConfig, config, overrides)
     t_start = time.time()

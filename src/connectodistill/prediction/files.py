@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .task import CLASSES, ID_COLUMNS, LETTERS
+from ..core.task import CLASSES, ID_COLUMNS, LETTERS
 
 MANIFEST, PREDICTIONS, ERRORS, SUMMARY = ("predict_manifest.json", "predictions.parquet", "predict_errors.csv",
                                           "predict_summary.json")
@@ -89,7 +89,7 @@ def write_outputs(out: Path, chunk_files: list[Path], *, threshold: float | None
     lines no chunk holds (a CSV line with the wrong number of cells), listed last."""
     import pyarrow.parquet as pq
 
-    from .data import atomic_paths
+    from ..core.data import atomic_paths
 
     counts = {"letters": Counter(), "sources": Counter(), "triage": Counter(), "reasons": Counter()}
     n = skipped = 0

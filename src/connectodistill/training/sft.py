@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of the Qwen-VL student on merge's train rows (the `train` recipe).
+"""SFT: LoRA fine-tuning of the student on the teacher's right rationales (merge's train rows).
 
 Read top to bottom: resolve the config, pick the train/val rows from the merged parquet's
 split lists, build conversations, load the student with LoRA, let the transformers Trainer
@@ -12,53 +12,17 @@ import os
 import time
 from pathlib import Path
 
+from ..core.config import TrainConfig
+from ..core.errors import UserError
 from . import runs, trainers
-from .collator import IGNORE_INDEX, DistillCollator  # noqa: F401 - importable from here too
-from .config import TrainConfig, resolve
-from .errors import UserError
-from .examples import (  # noqa: F401 - Example, importable from here too
-    Example,
-    build_examples,
-    load_training_data,
-    source_counts,
-)
-from .runs import (  # noqa: F401 - the run-folder names and helpers, importable from here too
-    PROMPT_TEMPLATES,
-    RUN_CONFIG,
-    SAMPLE_PROMPTS,
-    _safe,
-    _teacher_tag,
-    find_resume_dir,
-    last_checkpoint,
-    library_versions,
-    run_folder_name,
-)
-from .runs import shared_run_dir as _shared_run_dir  # noqa: F401
+from .collator import DistillCollator
+from .examples import build_examples, load_training_data, source_counts
+from .runs import run_folder_name
 
 
 # ----------------------------------------------------------------------------- the recipe
-def train(config: TrainConfig | None = None, *, callbacks: list | None = None, **overrides) -> Path:
-    """Fine-tune the student with LoRA; return the run folder (adapter + training_config.json).
-
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (the Modal layer uses one
-    to commit checkpoints to its volume).
-    """
-    cfg = resolve(TrainConfig, config, overrides)
-    if cfg.sweep:  # a grid of settings, chosen on val
-        from .sweeps import train_sweep
-
-        return train_sweep(cfg, train, callbacks=callbacks)
-    if cfg.method != "sft":  # the sibling recipes continue an SFT run (--from): dpo.py, grpo.py
-        from .dpo import train_dpo
-        from .grpo import train_grpo
-
-        return {"dpo": train_dpo, "grpo": train_grpo}[cfg.method](cfg, callbacks=callbacks)
-    if cfg.from_run is not None:
-        raise UserError("--from continues a run with --method dpo or grpo; SFT starts from --model")
-    if cfg.folds:  # one student per cross-validation fold, each a run like this one
-        from .cross_validation import train_cv
-
-        return train_cv(cfg, train, callbacks=callbacks)
+def train_sft(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
+    """One SFT run (``train`` dispatches here); return its run folder."""
     t_start = time.time()
 
     # 1. Data: merge's split lists come from the parquet's own metadata, not from its rows,
@@ -86,7 +50,7 @@ def train(config: TrainConfig | None = None, *, callbacks: list | None = None, *
     # 2. Student: processor with the pixel budget, base model, LoRA on the language model.
     from transformers import TrainingArguments, set_seed
 
-    from .modeling import add_lora, load_model, load_processor
+    from ..core.modeling import add_lora, load_model, load_processor
 
     # Seed before LoRA is created: torch's start-up seed is random per process, and the
     # Trainer only seeds later, so unseeded adapters made identical runs differ by points.

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .config import MergeConfig
+from ..core.config import MergeConfig
+from ..core.prompts import setting_name
+from ..core.task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, SPLITS, image_columns
 from .matching import UNPARSED_CODE, Benchmark, Votes
-from .prompts import setting_name
-from .task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, SPLITS, image_columns
 from .teacher_csv import Prompts, Teacher
 
 __all__ = ["build_report", "print_summary"]

@@ -13,15 +13,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import EvalConfig, resolve
-from .conversation import (
+from ..core.config import EvalConfig, resolve
+from ..core.conversation import (
     PROMPT_TEMPLATE_ID,
     load_images,
     prompt_template_hash,
     sample_name,
 )
-from .errors import UserError
-from .eval_inputs import (
+from ..core.errors import UserError
+from ..core.generation import generate_answers, letter_probabilities
+from ..core.task import (
+    ID_COLUMNS,
+    image_columns,
+    label_column,
+)
+from ..training.run_folders import chosen_run, is_cv_run, is_sweep
+from .inputs import (
     choose_prompts,
     default_name,
     mismatch,
@@ -29,7 +36,6 @@ from .eval_inputs import (
     select_samples,
     train_keys,
 )
-from .generation import generate_answers, letter_probabilities
 from .results import (  # noqa: F401 - importable from here too
     _json_default,
     confidence_summary,
@@ -39,12 +45,6 @@ from .results import (  # noqa: F401 - importable from here too
     read_predictions,
     sample_ids_hash,
     write_predictions,
-)
-from .run_folders import chosen_run, is_cv_run, is_sweep
-from .task import (
-    ID_COLUMNS,
-    image_columns,
-    label_column,
 )
 
 PREDICTION_COLUMNS = (
@@ -58,7 +58,7 @@ PREDICTION_COLUMNS = (
 def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     """Score a student (adapter) or a base model on held-out samples; return the output folder."""
     cfg = resolve(EvalConfig, config, overrides)
-    from .cross_validation import evaluate_cv
+    from .pooled import evaluate_cv
 
     if is_sweep(cfg.adapter_path):  # a sweep folder: its chosen point (chosen on val)
         cfg = cfg.model_copy(update={"adapter_path": chosen_run(cfg.adapter_path)})
@@ -68,7 +68,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
     # 1. Settings and samples: the adapter's test ids by default, from the full benchmark.
     settings = run_settings(cfg)
-    from .data import load_benchmark
+    from ..core.data import load_benchmark
 
     bench = load_benchmark(settings["dataset_name"], settings["config_name"], settings["dataset_split"])
     df, split, includes_train = select_samples(bench, settings, cfg)
@@ -77,7 +77,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
                         "samples: pass --adapter-path RUN or --merged MERGED.parquet with a val split")
     # Leak-proof groups over the whole benchmark (samples sharing either id): intervals
     # resample whole groups, since a neuron's segments are correlated.
-    from .splits import leak_groups
+    from ..merging.splits import leak_groups
 
     groups = leak_groups(bench.column(ID_COLUMNS[0]).to_numpy(), bench.column(ID_COLUMNS[1]).to_numpy())
     groups = groups[df.index.to_numpy()]
@@ -86,7 +86,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         raise UserError(f"benchmark {settings['dataset_name']} has no image columns; eval needs the views")
     out_dir = Path(cfg.output_dir) / (cfg.name or default_name(cfg, settings, split))
 
-    from .scoring import classification_metrics, ground_truth_letters, parse_response
+    from ..core.scoring import classification_metrics, ground_truth_letters, parse_response
 
     truth = ground_truth_letters(df[label_column(df.columns)].tolist())
     rows = df.to_dict("records")
@@ -101,7 +101,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
                                    "they get the builtin prompt (prompt_source=builtin)[/]")
 
     # 2. Model: base, plus the adapter; the processor (template, budget) as trained.
-    from .modeling import load_model, load_processor
+    from ..core.modeling import load_model, load_processor
 
     processor, budget = load_processor(settings["processor_from"], min_pixels=settings["min_pixels"],
                                        max_pixels=settings["max_pixels"])
@@ -138,7 +138,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     vote_seconds = time.time() - t0
 
     # 4. Score: the teacher's extraction and answer rule (shared with merge); unparsed = wrong.
-    from .scoring import option_descriptions
+    from ..core.scoring import option_descriptions
 
     parsed = [parse_response(r, option_descriptions(p)) for r, p in zip(responses, prompts, strict=True)]
     student = cfg.adapter_path is not None or cfg.model is not None
@@ -204,7 +204,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         summary["triage"]["val_seconds"] = round(time.time() - t0, 2)
 
     # 5. Outputs, written whole or not at all.
-    from .data import atomic_write_text
+    from ..core.data import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(preds, out_dir / "predictions.csv")
@@ -235,7 +235,7 @@ def _sampled_letters(model, processor, prompts, images, chosen, cfg: EvalConfig,
     import torch
     from rich.progress import Progress
 
-    from .scoring import option_descriptions, parse_response
+    from ..core.scoring import option_descriptions, parse_response
 
     torch.manual_seed(cfg.seed)
     with Progress(disable=not cfg.progress, transient=True) as bar:
@@ -250,8 +250,8 @@ def _sampled_letters(model, processor, prompts, images, chosen, cfg: EvalConfig,
 
 def confidence_columns(probs, predicted) -> dict:
     """``p_a`` ... ``p_g`` and ``confidence``: the probability of the parsed letter (0.0 unparsed)."""
-    from .calibration import LETTER_COLUMNS
-    from .task import LETTERS
+    from ..core.calibration import LETTER_COLUMNS
+    from ..core.task import LETTERS
 
     out = {col: probs[:, j] for j, col in enumerate(LETTER_COLUMNS)}
     out["confidence"] = [float(probs[i, LETTERS.index(x)]) if isinstance(x, str) else 0.0
@@ -262,7 +262,7 @@ def confidence_columns(probs, predicted) -> dict:
 def vote_columns(sampled: list[list]) -> dict:
     """``vote_letter`` / ``vote_share`` (scoring.majority_vote over the K sampled letters, the
     unparsed ones counted in the denominator) and ``vote_letters`` (the K letters, ``-`` = unparsed)."""
-    from .scoring import majority_vote
+    from ..core.scoring import majority_vote
 
     votes = [majority_vote(letters) for letters in sampled]
     return {"vote_letter": [v[0] for v in votes], "vote_share": [v[1] for v in votes],
@@ -274,7 +274,7 @@ def _val_pass(model, processor, bench, settings: dict, cfg: EvalConfig, image_co
     per-sample frame a triage threshold is chosen on."""
     import pandas as pd
 
-    from .scoring import ground_truth_letters, option_descriptions, parse_response
+    from ..core.scoring import ground_truth_letters, option_descriptions, parse_response
 
     df, _, _ = select_samples(bench, settings, cfg.model_copy(update={"split": "val", "num_samples": None}))
     rows = df.to_dict("records")
@@ -304,7 +304,7 @@ def choose_triage(val, preds, target: float, column: str = "confidence") -> tupl
     """
     import pandas as pd
 
-    from .calibration import selective, threshold_for
+    from ..core.calibration import selective, threshold_for
 
     threshold = threshold_for(val[column].to_numpy(float), val["correct"].to_numpy(float), target)
     on_val = selective(val[column].to_numpy(float), val["correct"].to_numpy(float), threshold)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .conversation import build_messages, load_images
-from .errors import UserError
+from ..core.conversation import build_messages, load_images
+from ..core.errors import UserError
 from .examples import Example
 
 IGNORE_INDEX = -100

@@ -18,10 +18,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .conversation import build_prompt, target_text
-from .errors import UserError
-from .prompts import SamplePrompt, choose_setting, first_stored, sample_prompts, setting_name
-from .task import ID_COLUMNS, image_columns, label_column
+from ..core.conversation import build_prompt, target_text
+from ..core.errors import UserError
+from ..core.prompts import SamplePrompt, choose_setting, first_stored, sample_prompts, setting_name
+from ..core.task import ID_COLUMNS, image_columns, label_column
 
 __all__ = ["Example", "TrainingData", "build_examples", "load_training_data", "pick_rows"]
 
@@ -95,8 +95,8 @@ def load_training_data(merged_path: Path, *, prompt: str = "teacher", with_descr
     """
     import pandas as pd
 
-    from .data import read_merged
-    from .merging import output_paths
+    from ..core.data import read_merged
+    from ..merging.recipe import output_paths
 
     merged_path = Path(merged_path)
     if not merged_path.is_file():
@@ -173,7 +173,7 @@ def build_examples(rows, data: TrainingData, *, target: str, fill_missing: bool,
     ``sample_level``: one example per sample with its sample prompt (validation), the target
     being the teacher's correct analysis where there is one, else a templated rationale.
     """
-    from .scoring import ground_truth_letters
+    from ..core.scoring import ground_truth_letters
 
     gt = ground_truth_letters(rows[label_column(rows.columns)].tolist())
     examples, skipped = [], 0
@@ -202,7 +202,7 @@ def write_sample_prompts(data: TrainingData, path: Path) -> Path:
     so eval and predict give each sample exactly the prompt training chose for it."""
     import pyarrow as pa
 
-    from .data import write_parquet
+    from ..core.data import write_parquet
 
     keys = list(data.sample_prompts)
     p = [data.sample_prompts[k] for k in keys]

@@ -18,10 +18,17 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import ExportConfig, resolve
-from .errors import UserError
-from .run_folders import EXPORT_MANIFEST, chosen_run, fold_dir, is_cv_run, is_export, is_sweep  # noqa: F401
-from .runs import RUN_CONFIG
+from ..core.config import ExportConfig, resolve
+from ..core.errors import UserError
+from ..training.run_folders import (  # noqa: F401
+    EXPORT_MANIFEST,
+    chosen_run,
+    fold_dir,
+    is_cv_run,
+    is_export,
+    is_sweep,
+)
+from ..training.runs import RUN_CONFIG
 
 __all__ = ["EXPORT_MANIFEST", "export", "is_export", "model_card"]
 
@@ -56,7 +63,7 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
 
     from peft import PeftModel
 
-    from .modeling import load_model, load_processor
+    from ..core.modeling import load_model, load_processor
 
     # 1. Base + adapter, merged on the CPU in the export dtype.
     model = load_model(base_model, device="cpu", dtype=cfg.dtype)

@@ -25,9 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from . import data
-from .errors import UserError
-from .task import BBOX_COLUMNS, ID_COLUMNS
+from ..core import data
+from ..core.errors import UserError
+from ..core.task import BBOX_COLUMNS, ID_COLUMNS
 
 __all__ = ["Prompts", "Teacher", "decode_prompts", "prompt_layout", "prompt_text", "prompt_texts", "read_teacher_csvs"]
 
@@ -75,7 +75,7 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
     under another name) is skipped whole and listed in ``skipped_files``: its rows are not
     independent draws.
     """
-    from .data import sha256_file
+    from ..core.data import sha256_file
 
     tables: list[pa.Table] = []
     malformed: list[dict] = []

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .errors import UserError
-from .task import BBOX_COLUMNS, ID_COLUMNS, VIEWS, image_columns
+from ..core.errors import UserError
+from ..core.task import BBOX_COLUMNS, ID_COLUMNS, VIEWS, image_columns
 
 __all__ = ["Chunk", "Source", "TABLE_COLUMNS", "image_name", "open_source"]
 
@@ -190,7 +190,7 @@ class Source:
         return chunk
 
     def _images(self, rec: dict, row: dict) -> list:
-        from .conversation import load_image
+        from ..core.conversation import load_image
 
         out = []
         if self.images_dir is not None:
@@ -264,8 +264,8 @@ def _segment(rec: dict) -> dict:
 def open_source(name: str | None, images_dir: Path | None = None, *, config_name: str | None = None,
                 split: str | None = None) -> Source:
     """Check an input and say what it is; nothing is decoded yet. Bad input is a UserError."""
-    from . import data
-    from .task import DEFAULT_CONFIG, DEFAULT_DATASET_SPLIT
+    from ..core import data
+    from ..core.task import DEFAULT_CONFIG, DEFAULT_DATASET_SPLIT
 
     if not name:
         raise UserError("no input given: pass a dataset (hub id, parquet, save_to_disk folder) or a "
@@ -312,7 +312,7 @@ def open_source(name: str | None, images_dir: Path | None = None, *, config_name
 
 
 def _open_table(path: Path, images_dir: Path) -> Source:
-    from . import data
+    from ..core import data
 
     csv = path.suffix.lower() == ".csv"
     try:
@@ -401,7 +401,7 @@ def _count_rows(src: Source) -> int:
         for _, b in src._csv_batches(record=True):
             n += b.num_rows
     except pa.ArrowException as e:
-        from .data import _first_line
+        from ..core.data import _first_line
 
         raise UserError(f"could not read segment table {src.files[0]}: {_first_line(e)}") from e
     return n

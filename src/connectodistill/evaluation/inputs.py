@@ -14,13 +14,19 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .config import EvalConfig
-from .conversation import SIMPLE_PROMPT, build_prompt, prompt_template_hash
-from .errors import UserError
-from .prompts import SamplePrompt, choose_setting, first_stored, sample_prompts
-from .run_folders import EXPORT_MANIFEST
-from .runs import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
-from .task import DEFAULT_CONFIG, DEFAULT_DATASET, DEFAULT_DATASET_SPLIT, ID_COLUMNS, label_column
+from ..core.config import EvalConfig
+from ..core.conversation import SIMPLE_PROMPT, build_prompt, prompt_template_hash
+from ..core.errors import UserError
+from ..core.prompts import SamplePrompt, choose_setting, first_stored, sample_prompts
+from ..core.task import (
+    DEFAULT_CONFIG,
+    DEFAULT_DATASET,
+    DEFAULT_DATASET_SPLIT,
+    ID_COLUMNS,
+    label_column,
+)
+from ..training.run_folders import EXPORT_MANIFEST
+from ..training.runs import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
 
 __all__ = ["choose_prompts", "default_name", "mismatch", "run_settings", "select_samples", "train_keys"]
 
@@ -68,7 +74,7 @@ def run_settings(cfg: EvalConfig) -> dict[str, Any]:
         if run.get("prompt_template_hash") != prompt_template_hash() and s["prompt"] == "builtin":
             mismatch(cfg, "prompt template", run.get("prompt_template_hash"), prompt_template_hash())
         if cfg.merged is not None:  # a different merge would mean different split lists
-            from .data import read_merged
+            from ..core.data import read_merged
 
             if read_merged(cfg.merged, columns=[])[1].get("splits") != run["splits"]:
                 mismatch(cfg, "--merged split lists", "the run's", str(cfg.merged))
@@ -87,7 +93,7 @@ def run_settings(cfg: EvalConfig) -> dict[str, Any]:
     responses = None
     setting = "with_description"
     if cfg.merged is not None:
-        from .data import read_merged
+        from ..core.data import read_merged
 
         # Only the report: the images are not needed here.
         report = read_merged(cfg.merged, columns=[])[1]
@@ -122,7 +128,7 @@ def _merged_responses(merged: Path):
     """The responses file merge wrote beside ``merged`` (ids, prompts, settings), or None."""
     import pandas as pd
 
-    from .merging import output_paths
+    from ..merging.recipe import output_paths
 
     path = output_paths(merged)[1]
     if not path.is_file():

@@ -26,12 +26,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import TrainConfig, resolve
-from .conversation import build_messages, target_text
-from .errors import UserError
+from ..core.config import TrainConfig, resolve
+from ..core.conversation import build_messages, target_text
+from ..core.errors import UserError
+from ..core.prompts import setting_name
+from ..core.task import ID_COLUMNS
 from .examples import Example, build_examples
-from .prompts import setting_name
-from .task import ID_COLUMNS
 
 PAIRS_FILE = "pairs.parquet"
 
@@ -108,9 +108,9 @@ def on_policy_pairs(model, processor, cands: dict, samples: dict, data, cfg: Tra
     rejected, each paired with the sample's chosen responses in turn."""
     from transformers import set_seed
 
-    from .conversation import load_images
-    from .generation import generate_answers
-    from .scoring import option_descriptions, parse_response
+    from ..core.conversation import load_images
+    from ..core.generation import generate_answers
+    from ..core.scoring import option_descriptions, parse_response
 
     keys = [k for k in sorted(cands) if cands[k].chosen and k in samples]
     if not keys:
@@ -150,7 +150,7 @@ def read_responses(data):
     """merge's responses file beside the merged parquet (every response, unfiltered)."""
     import pandas as pd
 
-    from .merging import output_paths
+    from ..merging.recipe import output_paths
 
     path = output_paths(data.path)[1]
     if not path.is_file():
@@ -162,7 +162,7 @@ def read_responses(data):
 def write_pairs(pairs: list[Pair], path: Path) -> None:
     import pyarrow as pa
 
-    from .data import write_parquet
+    from ..core.data import write_parquet
 
     table = pa.table({
         ID_COLUMNS[0]: pa.array([p.key[0] for p in pairs], pa.int64()),
@@ -336,7 +336,7 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
 
 
 def read_responses_path(data) -> Path:
-    from .merging import output_paths
+    from ..merging.recipe import output_paths
 
     return output_paths(data.path)[1]
 

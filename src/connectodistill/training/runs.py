@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .config import TrainConfig
-from .errors import UserError
+from ..core.config import TrainConfig
+from ..core.errors import UserError
 from .trainers import gradient_checkpointing
 
 RUN_CONFIG = "training_config.json"
@@ -192,7 +192,7 @@ def load_parent(path: Path | None, method: str) -> ParentRun:
 def continued_settings(cfg: TrainConfig) -> TrainConfig:
     """A dpo/grpo config with the parent's base model and merged file where left at their
     defaults (checked: ``--from`` must be a run), so that ``--remote`` uploads the right inputs."""
-    from .task import DEFAULT_MODEL
+    from ..core.task import DEFAULT_MODEL
 
     parent = load_parent(cfg.from_run, cfg.method)
     updates: dict = {}
@@ -212,8 +212,8 @@ def parent_training_data(parent: ParentRun, cfg: TrainConfig):
     """The merged data read exactly as the parent read it: same prompt source and setting, same
     fold, the same split lists (else UserError), and every sample's prompt from the parent's
     own ``prompts.parquet``. ``--data`` defaults to the parent's merged file."""
+    from ..core.prompts import SamplePrompt
     from .examples import load_training_data
-    from .prompts import SamplePrompt
 
     merged = Path(cfg.augmented_dataset)
     default = TrainConfig.model_fields["augmented_dataset"].default
@@ -252,8 +252,8 @@ def parent_training_data(parent: ParentRun, cfg: TrainConfig):
 def continue_parent(parent: ParentRun, cfg: TrainConfig):
     """(PeftModel with the parent's adapter trainable, processor, pixel budget): the student as
     the parent trained and saved it (processor and chat template from the run folder)."""
-    from .modeling import load_model, load_processor
-    from .task import DEFAULT_MODEL
+    from ..core.modeling import load_model, load_processor
+    from ..core.task import DEFAULT_MODEL
 
     budget = parent.config["pixel_budget"]
     for flag, value in (("min_pixels", cfg.min_pixels), ("max_pixels", cfg.max_pixels)):
@@ -312,10 +312,10 @@ def run_config(cfg: TrainConfig, *, method: str, data, processor, model, budget:
     """The provenance every recipe records in ``training_config.json`` (what eval and report read:
     base model, dataset, prompt source and setting, chat template, pixel budget, splits), plus
     the recipe's own ``extra`` keys."""
-    from .conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
-    from .data import sha256_file
+    from ..core.conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
+    from ..core.data import sha256_file
+    from ..core.modeling import model_kind
     from .examples import source_counts
-    from .modeling import model_kind
 
     report = data.report
     return {

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import ReportConfig, resolve
-from .errors import UserError
-from .task import ID_COLUMNS
+from ..core.config import ReportConfig, resolve
+from ..core.errors import UserError
+from ..core.task import ID_COLUMNS
 
 TABLE_COLUMNS = (
     "model", "n", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci",
@@ -53,7 +53,7 @@ def responses_path(merged: Path) -> Path:
 
 def teacher_rows(responses, truth: dict[tuple[int, int], str], sample_hash: str) -> list[dict]:
     """Teacher accuracy on the samples of ``truth``: per response, and per sample by majority vote."""
-    from .scoring import classification_metrics, majority_vote
+    from ..core.scoring import classification_metrics, majority_vote
 
     pid, cid = ID_COLUMNS
     keep = [(int(p), int(c)) in truth for p, c in zip(responses[pid], responses[cid], strict=True)]
@@ -85,8 +85,8 @@ def cluster_bootstrap(responses, n_bootstrap: int = 1000, seed: int = 0) -> dict
     """
     import numpy as np
 
-    from .statistics import group_index, group_weights
-    from .task import LETTERS
+    from ..core.statistics import group_index, group_weights
+    from ..core.task import LETTERS
 
     g = responses.groupby(list(ID_COLUMNS))
     n = g.size().to_numpy(float)
@@ -114,8 +114,8 @@ def paired_vs_teacher(preds, responses, n_bootstrap: int = 2000, seed: int = 0) 
     """
     import numpy as np
 
-    from .scoring import majority_vote
-    from .statistics import mcnemar_exact, paired_delta
+    from ..core.scoring import majority_vote
+    from ..core.statistics import mcnemar_exact, paired_delta
 
     pid, cid = ID_COLUMNS
     g = responses.groupby([pid, cid])
@@ -215,7 +215,7 @@ def report(config: ReportConfig | None = None, **overrides) -> Path:
     out = Path(cfg.output) if cfg.output else Path("report")
     if out.suffix in (".md", ".csv"):
         out = out.with_suffix("")
-    from .data import atomic_write_text
+    from ..core.data import atomic_write_text
 
     md, csv = out.with_name(out.name + ".md"), out.with_name(out.name + ".csv")
     atomic_write_text(csv, table.to_csv(index=False))
@@ -289,8 +289,15 @@ def _target(loaded) -> float:
 def _figures(confidence, correct, probs, truth, unit: str = "segments") -> dict:
     """ECE, Brier, AURC and coverage at 95% of one row, and a reading at the 95% threshold set
     in hindsight on these samples (a row with a val-chosen triage replaces it)."""
-    from .calibration import aurc as area
-    from .calibration import brier, coverage_at_accuracy, ece, reading, selective, threshold_for
+    from ..core.calibration import aurc as area
+    from ..core.calibration import (
+        brier,
+        coverage_at_accuracy,
+        ece,
+        reading,
+        selective,
+        threshold_for,
+    )
 
     t = selective(confidence, correct, threshold_for(confidence, correct, 0.95))
     return {"ece": ece(confidence, correct), "brier": brier(probs, truth) if probs is not None else None,
@@ -300,7 +307,7 @@ def _figures(confidence, correct, probs, truth, unit: str = "segments") -> dict:
 
 def student_confidence(folder: Path, summary: dict, preds) -> dict:
     """A result's letter-probability figures, from its predictions (pooled ones too) and triage.csv."""
-    from .calibration import LETTER_COLUMNS
+    from ..core.calibration import LETTER_COLUMNS
 
     if "confidence" not in preds:
         return {}
@@ -308,7 +315,7 @@ def student_confidence(folder: Path, summary: dict, preds) -> dict:
                    preds[list(LETTER_COLUMNS)].to_numpy(float), preds["ground_truth_letter"].tolist())
     triage = summary.get("triage")
     if triage and (folder / "triage.csv").is_file():  # the accepted samples, as eval decided them
-        from .calibration import reading
+        from ..core.calibration import reading
         from .results import read_predictions
 
         t = read_predictions(folder / "triage.csv").merge(preds[[*ID_COLUMNS, "correct"]], on=list(ID_COLUMNS))
@@ -326,12 +333,12 @@ def vote_row(row: dict, summary: dict, preds, responses) -> dict:
     """The row of a result's majority of K sampled responses, judged by its vote share."""
     import numpy as np
 
-    from .calibration import vote_distribution
+    from ..core.calibration import vote_distribution
 
     truth = preds["ground_truth_letter"].tolist()
     letters = _none(preds["vote_letter"].tolist())
     correct = np.array([x == t for x, t in zip(letters, truth, strict=True)])
-    from .scoring import classification_metrics
+    from ..core.scoring import classification_metrics
 
     groups = preds["split_group"].to_numpy() if "split_group" in preds else None
     m = classification_metrics(truth, letters, groups=groups)
@@ -353,8 +360,8 @@ def _answers(responses) -> dict:
 def _teacher_votes(answers: dict, keys) -> tuple[list, list, list]:
     """Per sample of ``keys``: the majority letter, its vote share and the vote distribution
     (a sample without a response: None, 0 and all zeros)."""
-    from .calibration import vote_distribution
-    from .scoring import majority_vote
+    from ..core.calibration import vote_distribution
+    from ..core.scoring import majority_vote
 
     votes = [majority_vote(answers.get(k, [])) for k in keys]
     return [v[0] for v in votes], [v[1] for v in votes], [vote_distribution(answers.get(k, [])) for k in keys]
@@ -366,9 +373,9 @@ def with_teacher_confidence(rows: list[dict], responses, preds, merged, target: 
     cross-validation result, per fold on that fold's val samples)."""
     import numpy as np
 
-    from .calibration import reading, threshold_for
-    from .data import read_merged
-    from .task import LETTERS
+    from ..core.calibration import reading, threshold_for
+    from ..core.data import read_merged
+    from ..core.task import LETTERS
 
     answers = _answers(responses)
     keys = [(int(p), int(c)) for p, c in zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], strict=True)]

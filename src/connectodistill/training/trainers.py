@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .config import TrainConfig
+from ..core.config import TrainConfig
 
 __all__ = ["gradient_checkpointing", "lazy_image_dataset", "selection", "trainer_arguments", "val_accuracy",
            "with_val_accuracy"]
@@ -82,9 +82,9 @@ def selection(cfg: TrainConfig, *, val_samples: int, val_loss: bool) -> tuple[st
 
 def val_accuracy(model, processor, examples, image_cols, *, batch_size: int, max_new_tokens: int) -> float:
     """Greedy accuracy on val ``examples`` (answers stop at ``</answer>``), parsed by the one rule."""
-    from .conversation import load_images
-    from .generation import generate_answers
-    from .scoring import option_descriptions, parse_response
+    from ..core.conversation import load_images
+    from ..core.generation import generate_answers
+    from ..core.scoring import option_descriptions, parse_response
 
     responses = generate_answers(
         model, processor, [ex.prompt for ex in examples], [load_images(ex.row, image_cols) for ex in examples],
@@ -127,7 +127,7 @@ def lazy_image_dataset(records: list[dict], rows: list[dict], image_cols: tuple[
     that N pairs of one sample never hold N copies of its views."""
     import datasets
 
-    from .conversation import load_images
+    from ..core.conversation import load_images
 
     def add_images(batch):
         batch["images"] = [load_images(rows[i], image_cols) for i in batch["row"]]

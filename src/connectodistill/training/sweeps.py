@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import TrainConfig
-from .errors import UserError
+from ..core.config import TrainConfig
+from ..core.errors import UserError
 from .run_folders import CV_CONFIG, SWEEP_FILE, chosen_run, fold_status, is_sweep
 from .runs import RUN_CONFIG
 
@@ -55,7 +55,7 @@ def parse_sweep(items: list[str] | dict | None) -> dict[str, list]:
 
 def grid(cfg: TrainConfig, axes: dict[str, list]) -> list[dict[str, Any]]:
     """Every combination, each validated as a TrainConfig (a bad value fails before training)."""
-    from .config import build_config
+    from ..core.config import build_config
 
     points = [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
     base = cfg.model_dump()
@@ -117,7 +117,7 @@ def choose(cfg: TrainConfig, out: Path, points: list[dict]) -> Path:
     """Read every point's val metric, choose (lowest val loss / highest val accuracy), write sweep.json."""
     from rich.console import Console
 
-    from .data import atomic_write_json
+    from ..core.data import atomic_write_json
 
     lower_is_better = cfg.select_by == "val_loss"
     axes = {name: list(dict.fromkeys(p[name] for p in points)) for name in points[0]} if points else {}

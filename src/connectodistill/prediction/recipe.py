@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import prediction_files
-from .config import EvalConfig, PredictConfig, resolve
-from .errors import UserError
-from .prediction_files import (
+from ..core.config import EvalConfig, PredictConfig, resolve
+from ..core.errors import UserError
+from ..core.task import LETTERS
+from . import files as prediction_files
+from .files import (
     CHUNKS,
     ERRORS,
     MANIFEST,
@@ -40,7 +41,6 @@ from .prediction_files import (
     write_outputs,
 )
 from .segments import Source, fingerprint_files, open_source
-from .task import LETTERS
 
 __all__ = ["MANIFEST", "PREDICTIONS", "ERRORS", "SUMMARY", "Plan", "plan", "predict", "write_outputs"]
 
@@ -70,8 +70,8 @@ class Plan:
 # ============================================================================ checks
 def resolve_students(cfg: PredictConfig) -> tuple[str, list[Path], list[dict]]:
     """(kind, student folders, their settings) for --adapter-path / --model, --ensemble, --fold."""
-    from .eval_inputs import run_settings
-    from .run_folders import chosen_run, fold_dir, fold_status, is_cv_run, is_sweep
+    from ..evaluation.inputs import run_settings
+    from ..training.run_folders import chosen_run, fold_dir, fold_status, is_cv_run, is_sweep
 
     if cfg.adapter_path is None and cfg.model is None:
         raise UserError("no model given: pass --adapter-path RUN (a run, cross-validation or sweep folder) "
@@ -223,7 +223,7 @@ class Student:
     prompts and views, it returns the answer columns."""
 
     def __init__(self, p: Plan):
-        from .modeling import load_model, load_processor
+        from ..core.modeling import load_model, load_processor
 
         s = p.settings[0]
         self.cfg, self.kind = p.cfg, p.kind
@@ -250,13 +250,13 @@ class Student:
         self.model = model
         self.letter_probabilities = None
         if letter_probabilities_available():
-            from .generation import letter_probabilities
+            from ..core.generation import letter_probabilities
 
             self.letter_probabilities = letter_probabilities
 
     def __call__(self, prompts: list[str], images: list[list], layouts: list[str | None]) -> dict:
-        from .generation import generate_answers
-        from .scoring import option_descriptions, parse_response
+        from ..core.generation import generate_answers
+        from ..core.scoring import option_descriptions, parse_response
 
         per = []
         for name in self.names:
@@ -275,7 +275,7 @@ class Student:
 
 def letter_probabilities_available() -> bool:
     """Whether ``generation.letter_probabilities`` exists (else p_a..p_g and confidence stay null)."""
-    from . import generation
+    from ..core import generation
 
     return hasattr(generation, "letter_probabilities")
 
@@ -301,7 +301,7 @@ def combine(per: list[tuple], ensemble: bool) -> dict:
             probs = np.mean([p for _, _, p in per], axis=0)
             letters = [LETTERS[int(j)] for j in probs.argmax(axis=1)]
         else:  # no letter probabilities: the folds' majority
-            from .scoring import majority_vote
+            from ..core.scoring import majority_vote
 
             probs, letters = None, [majority_vote(row)[0] for row in fold_letters]
         pick = [next((k for k, x in enumerate(row) if x == le), 0) for row, le in zip(fold_letters, letters,
@@ -330,8 +330,8 @@ def predict(config: PredictConfig | None = None, *, on_chunk: Callable[[int], No
     """
     from rich.console import Console
 
-    from .data import atomic_path, atomic_write_json
-    from .eval_inputs import choose_prompts
+    from ..core.data import atomic_path, atomic_write_json
+    from ..evaluation.inputs import choose_prompts
 
     p = plan(config, **overrides)
     cfg, out, console = p.cfg, Path(p.cfg.output), Console(stderr=True)
