@@ -18,7 +18,12 @@ from connectodistill.core.scoring import majority_vote, parse_answer
 from connectodistill.core.task import DESCRIPTION_TO_LETTER, MISSING_ANALYSIS
 from connectodistill.merging import merge
 from connectodistill.merging.matching import TEACHER_COLUMNS
-from connectodistill.merging.teacher_csv import _parse_float_strings, prompt_text, prompt_texts
+from connectodistill.merging.teacher_csv import (
+    _parse_float_strings,
+    prompt_layout,
+    prompt_text,
+    prompt_texts,
+)
 from connectodistill.merging.teacher_csv import parse_int_strings as _parse_int_strings
 from connectodistill.synthetic.benchmark import make_benchmark
 from connectodistill.synthetic.teacher import PROMPT_OPTIONS, make_teacher_csvs
@@ -579,9 +584,12 @@ def test_prompt_texts_of_an_array():
         repr([{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]),
         "not a literal", "[broken", "", None,
     ]
-    got = prompt_texts(pa.array(cells, pa.string()))[0].to_pylist()
+    got, layouts = (a.to_pylist() for a in prompt_texts(pa.array(cells, pa.string())))
     assert got == [prompt_text(c) for c in cells]
     assert got[0] == odd
+    # the usual form's layout is counted, the rest parsed: both agree with the general parser
+    assert layouts == [prompt_layout(c) if x is not None else None for c, x in zip(cells, got, strict=True)]
+    assert layouts[0] == "image,text"
 
 
 def test_prompt_text_round_trips_any_text():
@@ -591,8 +599,34 @@ def test_prompt_text_round_trips_any_text():
     for _ in range(400):
         text = "".join(rng.choice(pool, size=int(rng.integers(0, 30))))
         blocks = [{"type": "image", "source": {"data": "QUJD"}}, {"type": "text", "text": text}]
-        for cell in (repr(blocks), json.dumps(blocks), repr(blocks[::-1]), json.dumps(blocks[::-1])):
+        cells = (repr(blocks), json.dumps(blocks), repr(blocks[::-1]), json.dumps(blocks[::-1]))
+        for cell in cells:
             assert prompt_text(cell) == (text or None), (text, cell)
+        texts, layouts = (a.to_pylist() for a in prompt_texts(pa.array(cells, pa.string())))
+        assert texts == [prompt_text(c) for c in cells]
+        assert layouts == [prompt_layout(c) if x is not None else None for c, x in zip(cells, texts, strict=True)]
+
+
+def test_each_distinct_prompt_decoded_once_gives_every_row_its_own(tmp_path, plain_bench):
+    """merge decodes each distinct stored prompt once: every response still gets exactly what
+    decoding its own cell gives, whatever mix of forms the files hold."""
+    bench, csvs = plain_bench
+    df = read_text(csvs[0])
+    forms = [repr([{"type": "text", "text": "plain"}]), "not a literal", "",
+             repr([{"type": "image"}, {"type": "text", "text": "one"}, {"type": "image"}]),
+             json.dumps([{"type": "image"}, {"type": "text", "text": "double 'quoted'"}])]
+    for i, cell in enumerate(forms):  # whole segments (all K draws) and single draws alike
+        df.loc[df.index[i * 7:(i * 7) + (3 if i % 2 else 1)], "prompt"] = cell
+    path = write_text(df, tmp_path / "mixed.csv")
+    res = run(tmp_path, [path], bench)
+    got = pq.read_table(res.responses_path).to_pylist()
+    cells = read_text(path).set_index(["proofread root id", "current root id", "index"])["prompt"]
+    assert {r["teacher_prompt_layout"] for r in got} >= {None, "text", "image,text,image"}
+    for r in got:
+        cell = cells.loc[(str(r["proofread_root_id"]), str(r["current_root_id"]), str(r["teacher_index"]))]
+        assert r["teacher_prompt"] == prompt_text(cell or None)
+        want = prompt_layout(cell) if prompt_text(cell or None) is not None else None
+        assert r["teacher_prompt_layout"] == want
 
 
 def test_load_benchmark_local_forms(tmp_path, plain_bench, small_benchmark):

@@ -86,24 +86,26 @@ def _as_template(text: str, species: str, size: str) -> str | None:
     return out.replace(str(species), SPECIES_FIELD) if species else out
 
 
-def recover_templates(records: Iterable[tuple[str, str, str, str, str | None]]) -> dict[str, dict]:
-    """Templates per (species, setting) from (text, species, size text, setting, layout) records.
+def recover_templates(records: Iterable[tuple]) -> dict[str, dict]:
+    """Templates per (species, setting) from (text, species, size text, setting, layout[, rows])
+    records (``rows``: how many responses the record stands for, 1 if left out).
 
-    Returns ``{"<species>|<setting>": {species, setting, template or None, layout, prompts
-    (distinct texts), reproduced (how many of them the template renders byte for byte),
-    reason}}``. A group keeps its template only when every stored prompt is reproduced exactly.
+    Returns ``{"<species>|<setting>": {species, setting, template or None, layout (the most
+    frequent over the responses), prompts (distinct texts), reproduced (how many of them the
+    template renders byte for byte), reason}}``. A group keeps its template only when every
+    stored prompt is reproduced exactly.
     """
     groups: dict[str, dict[tuple[str, str], None]] = {}
     meta: dict[str, tuple[str, str]] = {}
     layouts: dict[str, dict[str | None, int]] = {}
-    for text, species, size, setting, layout in records:
+    for text, species, size, setting, layout, *rows in records:
         if text is None:
             continue
         key = _template_key(species, setting)
         groups.setdefault(key, {})[(text, size)] = None
         meta[key] = (species, setting)
         counts = layouts.setdefault(key, {})
-        counts[layout] = counts.get(layout, 0) + 1
+        counts[layout] = counts.get(layout, 0) + (rows[0] if rows else 1)
     out: dict[str, dict] = {}
     for key, items in groups.items():
         species, setting = meta[key]

@@ -9,10 +9,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..core.config import MergeConfig
-from ..core.prompts import setting_name
 from ..core.task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, SPLITS, image_columns
 from .matching import UNPARSED_CODE, Benchmark, Votes
-from .teacher_csv import Prompts, Teacher
+from .teacher_csv import SETTINGS, Prompts, Teacher, setting_codes
 
 __all__ = ["build_report", "print_summary"]
 
@@ -57,15 +56,16 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
     matched_samples = int(has.sum())
     # prompt settings of the matched responses, and samples whose responses (in one setting)
     # carry more than one prompt text
-    flags = teacher.table["with_description"].to_pylist()
-    setting_counts: dict[str, int] = {}
-    texts_per: dict[tuple[int, str], set] = {}
-    for r in np.flatnonzero(matched_resp).tolist():
-        name = setting_name(flags[r])
-        setting_counts[name] = setting_counts.get(name, 0) + 1
-        if prompts.texts[r] is not None:
-            texts_per.setdefault((int(bench.segment[teacher.segment[r]]), name), set()).add(prompts.texts[r])
-    several = sum(len(v) > 1 for v in texts_per.values())
+    # prompt settings of the matched responses (in order of first appearance), and samples
+    # whose responses (in one setting) carry more than one prompt text
+    mr = np.flatnonzero(matched_resp)
+    setting = setting_codes(teacher)[mr]
+    seen, first, count = np.unique(setting, return_index=True, return_counts=True)
+    setting_counts = {SETTINGS[seen[i]]: int(count[i]) for i in np.argsort(first)}
+    text_code = prompts.text_code()
+    with_text = text_code[mr] >= 0
+    per = np.unique(np.column_stack([bench.segment[teacher.segment[mr]], setting, text_code[mr]])[with_text], axis=0)
+    several = int((np.unique(per[:, :2], axis=0, return_counts=True)[1] > 1).sum()) if len(per) else 0
     group_sizes = np.bincount(bench.group)
     train_row = table["train_row"].to_numpy(zero_copy_only=False)
     return {
@@ -93,7 +93,7 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
         "held_out_rows": int((~train_row).sum()),
         "prompt_settings": setting_counts,
         "samples_with_several_prompts": several,
-        "prompts_decoded": int(sum(x is not None for x in prompts.texts)),
+        "prompts_decoded": int((text_code >= 0).sum()),
         "prompt_templates": templates,
         "per_class": per_class,
         "split_sizes": {s: int((split == s).sum()) for s in SPLITS},

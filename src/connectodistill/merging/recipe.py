@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 from ..core import data
 from ..core.config import MergeConfig
 from ..core.errors import UserError
-from ..core.prompts import recover_templates, setting_name, size_text
+from ..core.prompts import recover_templates, size_text
 from ..core.task import BBOX_COLUMNS, LETTERS, MISSING_ANALYSIS
 from .matching import (
     TEACHER_COLUMNS,
@@ -45,7 +45,16 @@ from .matching import (
 )
 from .metadata import build_report, print_summary
 from .splits import assign_folds, assign_splits
-from .teacher_csv import Prompts, Teacher, as_numpy, decode_prompts, memory_pool, read_teacher_csvs
+from .teacher_csv import (
+    SETTINGS,
+    Prompts,
+    Teacher,
+    as_numpy,
+    decode_prompts,
+    memory_pool,
+    read_teacher_csvs,
+    setting_codes,
+)
 
 __all__ = ["MergeResult", "merge", "output_paths"]
 
@@ -116,7 +125,7 @@ def merge(
     clock("prompts")
 
     # One rule for every answer; right or wrong against the segment's ground truth.
-    teacher = score_responses(bench, teacher, sorted(set(prompts.texts) - {None}))
+    teacher = score_responses(bench, teacher, prompts.distinct_texts())
     votes = vote(bench, teacher)
     clock("score")
 
@@ -236,19 +245,32 @@ class _Clock:
 
 def teacher_templates(bench: Benchmark, teacher: Teacher, prompts: Prompts) -> dict[str, dict]:
     """``prompts.recover_templates`` over the matched responses: size from the CSV's own box,
-    species from the CSV (else the benchmark), setting from ``with_description``."""
+    species from the CSV (else the benchmark), setting from ``with_description``.
+
+    The K draws of a segment share their prompt, box, species and setting: each distinct
+    combination (the box compared bit for bit) is one record, weighted by its rows, in order
+    of first appearance."""
     t = teacher.table
-    box = np.column_stack([t[c].to_numpy() for c in BBOX_COLUMNS])
-    species = t["species"].to_pylist()
-    bench_species = (bench.table["species"].to_pylist() if "species" in bench.table.column_names
-                     else [None] * bench.n)
-    flags = t["with_description"].to_pylist()
-    records = []
-    for r, text in enumerate(prompts.texts):
-        if text is None:
-            continue
-        sp = species[r] or bench_species[teacher.segment[r]]
-        records.append((text, sp, size_text(box[r]), setting_name(flags[r]), prompts.layouts[r]))
+    rows = np.flatnonzero(prompts.code >= 0)
+    rows = rows[~as_numpy(prompts.texts.is_null(), bool)[prompts.code[rows]]]
+    species = t["species"].take(pa.array(rows))
+    if "species" in bench.table.column_names:  # an empty CSV cell falls back to the benchmark's
+        fallback = bench.table["species"].take(pa.array(bench.segment[teacher.segment[rows]]))
+        species = pc.if_else(pc.fill_null(pc.not_equal(species, ""), False), species, fallback)
+    species = pc.dictionary_encode(species).combine_chunks()
+    box = np.column_stack([t[c].to_numpy() for c in BBOX_COLUMNS])[rows]
+    key = np.column_stack([prompts.code[rows], as_numpy(species.indices.fill_null(-1), np.int64),
+                           setting_codes(teacher)[rows]]).astype(np.float64)
+    key = np.ascontiguousarray(np.column_stack([key, box]))
+    _, first, n = np.unique(key.view(np.dtype((np.void, key.dtype.itemsize * key.shape[1]))).ravel(),
+                            return_index=True, return_counts=True)
+    order = np.argsort(first, kind="stable")
+    texts, layouts, names = prompts.texts.to_pylist(), prompts.layouts.to_pylist(), species.dictionary.to_pylist()
+    sp_index = as_numpy(species.indices.fill_null(-1), np.int64)
+    records = [(texts[prompts.code[rows[i]]], names[sp_index[i]] if sp_index[i] >= 0 else None, size_text(box[i]),
+                SETTINGS[setting_codes_row], layouts[prompts.code[rows[i]]], int(k))
+               for i, k, setting_codes_row in zip(first[order].tolist(), n[order].tolist(),
+                                                  key[first[order], 2].astype(int).tolist(), strict=True)]
     return recover_templates(records)
 
 

@@ -375,6 +375,9 @@ _IMAGE_MARKERS = ("'type': 'image'", '"type": "image"', "'type': 'image_url'", '
 DEFAULT_LAYOUT = "image,image,image,text"
 
 
+_BLOCK_MARKER = re.compile("|".join(re.escape(m) for m in _TEXT_MARKERS + _IMAGE_MARKERS))
+
+
 def prompt_layout(cell: str | None) -> str | None:
     """Where the content blocks stood, e.g. ``"image,image,image,text"``; None without a text block.
 
@@ -383,58 +386,96 @@ def prompt_layout(cell: str | None) -> str | None:
     """
     if cell is None or not cell.strip():
         return None
-    hits = [(p, "text", mk) for mk in _TEXT_MARKERS for p in _all(cell, mk)]
-    if not hits:
-        return None
     kinds = []
     skip_until = -1
-    marks = sorted(hits + [(p, "image", mk) for mk in _IMAGE_MARKERS for p in _all(cell, mk)])
-    for pos, kind, marker in marks:
-        if pos < skip_until:
+    for m in _BLOCK_MARKER.finditer(cell):  # no marker is a prefix of another: none overlap
+        if m.start() < skip_until:
             continue
-        kinds.append(kind)
-        if kind == "text":
-            m = _TEXT_LITERAL.match(cell, pos + len(marker))
-            skip_until = m.end() if m else pos + len(marker)
-    return ",".join(kinds)
+        if m.group() in _TEXT_MARKERS:
+            kinds.append("text")
+            lit = _TEXT_LITERAL.match(cell, m.end())
+            skip_until = lit.end() if lit else m.end()
+        else:
+            kinds.append("image")
+    return ",".join(kinds) if "text" in kinds else None
 
 
-def _all(cell: str, marker: str):
-    i = cell.find(marker)
-    while i >= 0:
-        yield i
-        i = cell.find(marker, i + len(marker))
+def _usual_layout(cell: str) -> str | None:
+    """The layout of a cell in the usual form (``_last_text_block`` read it: one text block,
+    last): one entry per image marker before it. None where another text marker stands
+    before it (the general path decides)."""
+    end = cell.rfind(_USUAL_MARKER)
+    if any(cell.count(m, 0, end) for m in _TEXT_MARKERS):
+        return None
+    return ",".join(["image"] * sum(cell.count(m, 0, end) for m in _IMAGE_MARKERS) + ["text"])
 
 
 def prompt_texts(cells) -> tuple[pa.Array, pa.Array]:
     """(``prompt_text``, ``prompt_layout``) of each cell of a pyarrow array (null stays null)."""
     texts, layouts = [], []
     for c in cells.to_pylist():
-        texts.append(prompt_text(c))
-        layouts.append(prompt_layout(c) if texts[-1] is not None else None)
+        fast = _last_text_block(c) if c else None
+        layout = _usual_layout(c) if fast else None  # the usual form: counted, not parsed
+        text = fast if layout else prompt_text(c)
+        texts.append(text)
+        layouts.append(None if text is None else layout or prompt_layout(c))
     return pa.array(texts, pa.string()), pa.array(layouts, pa.string())
+
+
+SETTINGS = ("with_description", "without_description", "unknown")  # core.prompts.setting_name's
+
+
+def setting_codes(teacher: Teacher) -> np.ndarray:
+    """Per teacher row, its prompt setting as an index into ``SETTINGS`` (the boolean
+    ``with_description`` column; null, as ``setting_name`` says, is unknown)."""
+    flag = teacher.table["with_description"]
+    value = as_numpy(pc.fill_null(flag, False), bool)
+    return np.where(as_numpy(flag.is_null(), bool), 2, np.where(value, 0, 1))
 
 
 @dataclass
 class Prompts:
-    """Per teacher row: the decoded prompt text and block layout (None where not decoded)."""
+    """The decoded prompts. The K draws of a segment store one identical prompt cell, so each
+    distinct cell is decoded once: ``code`` maps every teacher row to its distinct cell (-1
+    where nothing was decoded: unmatched or repeated rows), ``texts``/``layouts`` hold the
+    decoded text and block layout per distinct cell (null when it has no text block)."""
 
-    texts: list[str | None]
-    layouts: list[str | None]
+    code: np.ndarray
+    texts: pa.Array
+    layouts: pa.Array
 
     def take(self, rows: np.ndarray) -> tuple[pa.Array, pa.Array]:
-        t = [self.texts[r] if r >= 0 else None for r in rows.tolist()]
-        lay = [self.layouts[r] if r >= 0 else None for r in rows.tolist()]
-        return pa.array(t, pa.string()), pa.array(lay, pa.string())
+        """(text, layout) per row of ``rows`` (teacher row indices; -1 gives null)."""
+        c = np.where(rows >= 0, self.code[np.maximum(rows, 0)], -1)
+        idx = pa.array(c, mask=c < 0)
+        return self.texts.take(idx), self.layouts.take(idx)
+
+    def distinct_texts(self) -> list[str]:
+        """Every decoded prompt text once, sorted."""
+        return sorted(set(self.texts.to_pylist()) - {None})
+
+    def text_code(self) -> np.ndarray:
+        """Per teacher row, an id of its decoded text (equal texts, equal ids); -1 without one."""
+        if not len(self.texts):
+            return np.full(len(self.code), -1, dtype=np.int64)
+        ids = np.asarray(pc.dictionary_encode(self.texts).indices.fill_null(-1).to_numpy(zero_copy_only=False),
+                         dtype=np.int64)
+        return np.where(self.code >= 0, ids[np.maximum(self.code, 0)], -1)
 
 
 def decode_prompts(teacher: Teacher) -> Prompts:
-    """The text block and layout of every matched, kept response's prompt (others: None)."""
+    """The text block and layout of every matched, kept response's prompt (others: none),
+    each distinct stored cell decoded once."""
     use = np.flatnonzero(teacher.keep & (teacher.segment >= 0))
-    texts: list[str | None] = [None] * teacher.n
-    layouts: list[str | None] = [None] * teacher.n
-    if len(use):
-        t, lay = prompt_texts(pc.take(teacher.table["prompt"], pa.array(use), memory_pool=memory_pool()))
-        for r, x, y in zip(use.tolist(), t.to_pylist(), lay.to_pylist(), strict=True):
-            texts[r], layouts[r] = x, y
-    return Prompts(texts, layouts)
+    code = np.full(teacher.n, -1, dtype=np.int64)
+    if not len(use):
+        return Prompts(code, pa.array([], pa.string()), pa.array([], pa.string()))
+    # Hashing the whole column is ~20x cheaper than copying the used rows' cells out of it
+    # (they can carry base64 images); the chunks share one dictionary.
+    cells = pc.dictionary_encode(teacher.table["prompt"]).combine_chunks()
+    index = np.asarray(cells.indices.fill_null(-1).to_numpy(zero_copy_only=False), dtype=np.int64)[use]
+    # decode only the cells the used rows hold; a null cell decodes to nothing (code -1)
+    has = index >= 0
+    wanted, code[use[has]] = np.unique(index[has], return_inverse=True)
+    texts, layouts = prompt_texts(cells.dictionary.take(pa.array(wanted)))
+    return Prompts(code, texts, layouts)
