@@ -22,10 +22,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_gpu", SCRIPT)
+def _load_bench_module(name: str):
+    """bench/<name>.py, registered under its own name (the name gpu.py's siblings import)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
+    sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -123,10 +126,10 @@ def test_flop_count_matches_the_model_structure():
     import torch
     from transformers import AutoConfig
 
-    gpu = _load_script()
+    shapes, flops = _load_bench_module("gpu_shapes"), _load_bench_module("gpu_flops")
     from connectodistill.core.modeling import build_model_from_config
 
-    d = json.loads(json.dumps(gpu.TINY_CONFIG))
+    d = json.loads(json.dumps(shapes.TINY_CONFIG))
     d["text_config"]["vocab_size"] = 256
     cfg = AutoConfig.for_model(d.pop("model_type"), **d)
     model = build_model_from_config(cfg, device="cpu", dtype=torch.float32)
@@ -138,12 +141,12 @@ def test_flop_count_matches_the_model_structure():
                      if isinstance(m, torch.nn.Linear) and "merger" in n)
     embed = model.model.visual.patch_embed.proj.weight.numel()
     # one token, no image: no attention beyond the token itself (2 x q_dim x 1 x 2 per layer)
-    f = gpu.step_flops(cfg, [1], [], lora_r=0, tune_vision=False)
+    f = flops.step_flops(cfg, [1], [], lora_r=0, tune_vision=False)
     attn = cfg.text_config.num_hidden_layers * 2 * cfg.text_config.num_attention_heads * cfg.text_config.head_dim * 2
     assert f["forward"] == 2 * text_lin + attn
     # one 8x8-patch image on top: patch embedding + blocks per patch, mergers per merged token
-    g = gpu.step_flops(cfg, [1], [(1, 8, 8)], lora_r=0, tune_vision=False)
+    g = flops.step_flops(cfg, [1], [(1, 8, 8)], lora_r=0, tune_vision=False)
     vis_attn = cfg.vision_config.depth * 4 * cfg.vision_config.hidden_size * 64 * 64
     assert g["vision_forward"] == 2 * 64 * (embed + block_lin) + 2 * 16 * merger_lin + vis_attn
     assert g["backward"] == f["backward"]  # frozen vision tower: no backward without --tune-vision
-    assert gpu.step_flops(cfg, [1], [(1, 8, 8)], lora_r=0, tune_vision=True)["backward"] > f["backward"]
+    assert flops.step_flops(cfg, [1], [(1, 8, 8)], lora_r=0, tune_vision=True)["backward"] > f["backward"]
