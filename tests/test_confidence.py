@@ -199,7 +199,9 @@ def test_calibration_recomputed_from_predictions_csv(conf_result):
             ece += m.mean() * abs(conf[m].mean() - correct[m].mean())
     assert s["ece"] == pytest.approx(ece)
     onehot = np.array([[t == x for x in LETTERS] for t in preds["ground_truth_letter"]], dtype=float)
-    assert s["brier"] == pytest.approx(((preds[P_COLS].to_numpy(float) - onehot) ** 2).sum(1).mean())
+    # an unparsed answer named no letter: its distribution is the zero vector (Brier 1)
+    probs = np.where(preds["predicted_letter"].notna().to_numpy()[:, None], preds[P_COLS].to_numpy(float), 0.0)
+    assert s["brier"] == pytest.approx(((probs - onehot) ** 2).sum(1).mean())
     # coverage at accuracy: the largest accepted share (at a confidence cut) that is accurate enough
     for target in (0.9, 0.95, 0.99):
         best = max([(conf >= t).mean() for t in np.unique(conf) if correct[conf >= t].mean() >= target],
@@ -332,7 +334,7 @@ def test_report_has_calibration_rows_for_teacher_and_student(conf_result, merged
 
     md = report(results=[conf_result], merged=merged_small, output=tmp_path / "report")
     table = pd.read_csv(md.with_suffix(".csv")).set_index("model")
-    assert list(table.index) == ["teacher (all responses)", "teacher (majority vote)", "student",
+    assert list(table.index) == ["teacher (single response)", "teacher (majority vote)", "student",
                                  "student (majority of 3)"]
     for col in ("ece", "brier", "aurc", "coverage_at_0.95"):
         assert table[col].notna().all(), col
@@ -351,7 +353,8 @@ def test_teacher_threshold_is_chosen_on_val_responses_only(merged_small):
     """Planting a confident wrong teacher answer on a test sample leaves the threshold alone;
     the same answer on a val sample moves it."""
     from connectodistill.core.data import read_merged
-    from connectodistill.evaluation.reporting import _row, with_teacher_confidence
+    from connectodistill.evaluation.reporting import _figures
+    from connectodistill.evaluation.teacher import _row, teacher_answers, teacher_confidence
 
     splits = read_merged(merged_small, columns=[])[1]["splits"]
     responses = pd.read_parquet(merged_small.with_name("merged_responses.parquet"))
@@ -363,7 +366,8 @@ def test_teacher_threshold_is_chosen_on_val_responses_only(merged_small):
     def threshold(resp):
         rows = [_row("teacher (majority vote)", {"n": 0, "accuracy": 0, "accuracy_ci": None, "balanced_accuracy": 0,
                                                  "balanced_accuracy_ci": None, "unparsed_rate": 0}, "h")]
-        return with_teacher_confidence(rows, resp, preds, merged_small, 0.9)[0]["triage_threshold"]
+        ans = teacher_answers(preds, resp)
+        return teacher_confidence(rows, ans, preds, merged_small, 0.9, _figures)[0]["triage_threshold"]
 
     def plant(keys):  # every response on these samples: the same wrong letter (vote share 1)
         r = responses.copy()

@@ -212,7 +212,8 @@ def test_cv_confidence_is_pooled_and_triage_chosen_per_fold(cv):
     from connectodistill.core.calibration import summarize
 
     pooled = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
-                       preds[[f"p_{x}" for x in "abcdefg"]].to_numpy(float), preds["ground_truth_letter"].tolist())
+                       preds[[f"p_{x}" for x in "abcdefg"]].to_numpy(float), preds["ground_truth_letter"].tolist(),
+                       parsed=preds["predicted_letter"].notna().to_numpy())
     assert s["ece"] == pytest.approx(pooled["ece"]) and s["brier"] == pytest.approx(pooled["brier"])
     triage = pd.read_csv(out / "triage.csv")
     assert len(triage) == len(preds) and s["triage"]["chosen_on"] == "val, per fold"

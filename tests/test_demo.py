@@ -30,7 +30,7 @@ def test_demo_runs_every_stage(tmp_path):
                  "results/base/summary.json", "results/student/predictions.csv",
                  "results/student_blank-images/confusion.png", "report.md", "report.csv"):
         assert (out / path).is_file(), path
-    assert "teacher (all responses)" in (out / "report.md").read_text()
+    assert "teacher (single response)" in (out / "report.md").read_text()
     # calibration and coverage rows for teacher and student; votes only when asked for
     assert set(saved["confidence"]) == {"teacher (majority vote)", "student"}
     for row in saved["confidence"].values():

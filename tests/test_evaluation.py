@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -102,16 +103,21 @@ def test_blank_images_and_simple_prompt_ablations(trained_run, tmp_path):
 def test_report_scores_the_teacher_on_exactly_the_same_ids(student_result, merged_small, tmp_path):
     md = report(results=[student_result], merged=merged_small, output=tmp_path / "report")
     table = pd.read_csv(md.with_suffix(".csv"))
-    assert list(table["model"]) == ["teacher (all responses)", "teacher (majority vote)", "student"]
+    assert list(table["model"]) == ["teacher (single response)", "teacher (majority vote)", "student"]
     assert table["same_samples"].all()
     preds = pd.read_csv(student_result / "predictions.csv")
     ids = _keys(preds)
     responses = pd.read_parquet(merged_small.with_name("merged_responses.parquet"))
     on_ids = responses[[k in ids for k in zip(responses["proofread_root_id"], responses["current_root_id"], strict=True)]]
     teacher = table.set_index("model")
-    assert teacher.loc["teacher (all responses)", "n"] == len(on_ids)
-    assert teacher.loc["teacher (all responses)", "accuracy"] == pytest.approx(on_ids["teacher_correct"].mean())
-    assert teacher.loc["teacher (majority vote)", "n"] == len(ids)
+    # one n for every row (the student's), each sample weighing the same in the single-response row
+    assert teacher.loc["teacher (single response)", "n"] == teacher.loc["teacher (majority vote)", "n"] == len(ids)
+    share = on_ids.groupby(["proofread_root_id", "current_root_id"])["teacher_correct"].mean()
+    right = [share.get(k, 0.0) for k in ids]
+    assert teacher.loc["teacher (single response)", "accuracy"] == pytest.approx(np.mean(right))
+    # ... and it is what delta_vs_teacher_single compares against
+    assert teacher.loc["student", "delta_vs_teacher_single"] == pytest.approx(
+        teacher.loc["student", "accuracy"] - np.mean(right))
     assert "teacher (majority vote)" in md.read_text()
 
 
@@ -153,7 +159,7 @@ def test_bad_eval_input_exits_2(case, trained_run, tmp_path):
 
 def test_teacher_interval_resamples_samples_not_responses():
     from connectodistill.core.scoring import classification_metrics
-    from connectodistill.evaluation.reporting import cluster_bootstrap
+    from connectodistill.evaluation.teacher import teacher_answers, teacher_rows
 
     # 40 samples x 5 responses; each sample's responses all right or all wrong (correlated).
     rows = []
@@ -164,11 +170,13 @@ def test_teacher_interval_resamples_samples_not_responses():
                          "ground_truth_letter": truth, "teacher_answer": truth if right else "d",
                          "teacher_correct": right})
     df = pd.DataFrame(rows)
+    preds = df.drop_duplicates(["proofread_root_id", "current_root_id"])[
+        ["proofread_root_id", "current_root_id", "ground_truth_letter"]].reset_index(drop=True)
     naive = classification_metrics(df["ground_truth_letter"].tolist(), df["teacher_answer"].tolist())
-    cluster = cluster_bootstrap(df)
+    single = teacher_rows(teacher_answers(preds, df), preds, "h")[0]
     width = lambda ci: ci[1] - ci[0]  # noqa: E731
-    assert width(cluster["accuracy_ci"]) > 1.5 * width(naive["accuracy_ci"])
-    assert cluster["accuracy_ci"][0] < 0.75 < cluster["accuracy_ci"][1]
+    assert width(single["accuracy_ci"]) > 1.5 * width(naive["accuracy_ci"])
+    assert single["accuracy_ci"][0] < 0.75 < single["accuracy_ci"][1]
 
 
 def test_predictions_csv_round_trips_any_generated_text(tmp_path):

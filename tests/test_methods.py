@@ -182,8 +182,13 @@ def test_grpo_rewards_match_the_parser(parent, merged_small, tmp_path):
         per_step.setdefault(x["step"], []).append(x["correct"] + weight * x["format"])
     logged = [h["reward"] for h in json.loads((run / "loss_history.json").read_text()) if "reward" in h]
     assert logged == pytest.approx([sum(v) / len(v) for _, v in sorted(per_step.items())], abs=1e-6)
-    zero = sum(len(set(v)) == 1 for v in per_step.values())
-    assert g["zero_spread_batches"] == zero
+    # zero spread counted per group of num_generations completions of one prompt (as TRL
+    # normalises), not over the whole generation batch
+    per_group: dict = {}
+    for x in lines:
+        per_group.setdefault((x["step"], x["sample"]), []).append(x["correct"] + weight * x["format"])
+    assert g["generation_groups"] == len(per_group) == 2
+    assert g["zero_spread_groups"] == sum(len(set(v)) == 1 for v in per_group.values())
     if answer_only:
         from connectodistill.core.modeling import load_processor
         from connectodistill.training.runs import ANSWER_ONLY_PREFILL

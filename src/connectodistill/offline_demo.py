@@ -110,7 +110,7 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
     by_model = {r["model"]: r for r in table.to_dict("records")}
     summaries = {p.name: json.loads((p / "summary.json").read_text()) for p in (base, student_res, blank)}
     result = {
-        "teacher_accuracy": by_model["teacher (all responses)"]["accuracy"],
+        "teacher_accuracy": by_model["teacher (single response)"]["accuracy"],
         "teacher_majority_vote_accuracy": by_model["teacher (majority vote)"]["accuracy"],
         "base_accuracy": summaries["base"]["accuracy"],
         "student_accuracy": summaries["student"]["accuracy"],

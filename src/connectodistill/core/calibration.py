@@ -2,16 +2,20 @@
 
 Every function takes one confidence per sample (a letter probability, or a vote share) and
 whether that sample's answer was right; an unparsed answer enters with confidence 0 and
-correct 0. Samples of equal confidence are never split: a threshold accepts all of them or
-none, so no result depends on the order of ties.
+correct 0, and its letter distribution is the zero vector (it named no letter). Samples of
+equal confidence are never split: a threshold accepts all of them or none, so no result
+depends on the order of ties. A threshold is always above 0, so triage never accepts an
+answer that names no letter.
 
 - ``ece``: expected calibration error over ``n_bins`` equal-width bins of [0, 1], each bin
   weighted by its share of the samples: sum of share * |mean confidence - accuracy|;
-- ``brier``: mean over samples of the sum over the seven letters of (p - [letter is the truth])^2;
+- ``brier``: mean over samples of the sum over the seven letters of (p - [letter is the truth])^2,
+  with p the zero vector for an unparsed answer (so it scores 1, never better than a wrong one);
 - ``risk_coverage`` / ``aurc``: selective risk (1 - accuracy) of the most confident samples,
   at every coverage k/n, and its mean over k (the area under the risk-coverage curve);
-- ``threshold_for`` / ``coverage_at_accuracy``: the smallest confidence threshold whose
-  accepted samples reach an accuracy, and the share of samples it accepts;
+- ``threshold_for`` / ``coverage_at_accuracy``: the smallest confidence threshold (> 0) whose
+  accepted samples reach an accuracy, and the share of samples it accepts; ``accepted``: which
+  samples a threshold accepts;
 - ``summarize``: all of the above as one JSON-ready dict;
 - ``plot_reliability`` / ``plot_risk_coverage``: PNGs via matplotlib's Figure API (no pyplot).
 """
@@ -28,6 +32,7 @@ from .task import LETTERS
 __all__ = [
     "COVERAGE_TARGETS",
     "LETTER_COLUMNS",
+    "accepted",
     "aurc",
     "brier",
     "coverage_at_accuracy",
@@ -81,14 +86,19 @@ def ece(confidence, correct, n_bins: int = 10) -> float | None:
     return float(sum(b["n"] / len(c) * abs(b["confidence"] - b["accuracy"]) for b in bins if b["n"]))
 
 
-def brier(probs, truth: Sequence[str]) -> float | None:
+def brier(probs, truth: Sequence[str], parsed=None) -> float | None:
     """Mean over samples of sum over the seven letters of (p_letter - [letter is the truth])^2.
 
-    ``probs``: (n, 7) in the order of ``task.LETTERS``; ``truth``: the ground-truth letters.
+    ``probs``: (n, 7) in the order of ``task.LETTERS``; ``truth``: the ground-truth letters;
+    ``parsed``: per sample, whether its answer named a letter (None: all did). An unparsed
+    answer's distribution is the zero vector, whatever probabilities the model had: it scores
+    1.0, as a vote over responses that named no letter does.
     """
     p = np.asarray(probs, dtype=np.float64).reshape(len(truth), len(LETTERS))
     if len(p) == 0:
         return None
+    if parsed is not None:
+        p = np.where(np.asarray(parsed, dtype=bool).reshape(-1, 1), p, 0.0)
     onehot = np.array([[t == x for x in LETTERS] for t in truth], dtype=np.float64)
     return float(((p - onehot) ** 2).sum(1).mean())
 
@@ -126,20 +136,32 @@ def aurc(confidence, correct) -> float | None:
 
 
 def threshold_for(confidence, correct, target: float) -> float | None:
-    """The smallest confidence t such that the samples with confidence >= t are at least
-    ``target`` accurate; None when no t reaches it (everything goes to a human)."""
+    """The smallest confidence t > 0 such that the samples with confidence >= t are at least
+    ``target`` accurate; None when no t reaches it (everything goes to a human).
+
+    Confidence 0 means no letter was named: it is never a threshold, so such an answer is
+    never accepted, whatever else the accepted samples hold."""
     c, y = _arrays(confidence, correct)
     if len(c) == 0:
         return None
     values, _, _, cum_n, cum_hits = _tie_groups(c, y)
-    ok = cum_hits / cum_n >= target - 1e-12
+    ok = (cum_hits / cum_n >= target - 1e-12) & (values > 0)
     return float(values[np.flatnonzero(ok)[-1]]) if ok.any() else None
+
+
+def accepted(confidence, threshold: float | None) -> np.ndarray:
+    """Which samples a triage threshold accepts: confidence >= threshold, never confidence 0
+    (an answer without a letter); none when the threshold is None."""
+    c = np.asarray(confidence, dtype=np.float64).reshape(-1)
+    if threshold is None:
+        return np.zeros(len(c), dtype=bool)
+    return (c >= threshold) & (c > 0)
 
 
 def selective(confidence, correct, threshold: float | None) -> dict:
     """Coverage, accuracy and counts of the samples accepted at ``threshold`` (None: none)."""
     c, y = _arrays(confidence, correct)
-    accept = c >= threshold if threshold is not None else np.zeros(len(c), dtype=bool)
+    accept = accepted(c, threshold)
     n_auto = int(accept.sum())
     return {"n": len(c), "n_auto": n_auto, "n_human": len(c) - n_auto,
             "coverage": n_auto / len(c) if len(c) else None,
@@ -169,12 +191,14 @@ def reading(coverage: float | None, accuracy: float | None, unit: str = "segment
             f"sends {100 * (1 - coverage):.0f}% to a human")
 
 
-def summarize(confidence, correct, probs=None, truth: Sequence[str] | None = None, n_bins: int = 10) -> dict:
-    """ece, brier (when ``probs`` and ``truth`` are given), aurc, coverage_at_accuracy, reliability."""
+def summarize(confidence, correct, probs=None, truth: Sequence[str] | None = None, n_bins: int = 10,
+              parsed=None) -> dict:
+    """ece, brier (when ``probs`` and ``truth`` are given; ``parsed`` as in ``brier``), aurc,
+    coverage_at_accuracy, reliability."""
     c, y = _arrays(confidence, correct)
     return {
         "ece": ece(c, y, n_bins),
-        "brier": brier(probs, truth) if probs is not None and truth is not None else None,
+        "brier": brier(probs, truth, parsed) if probs is not None and truth is not None else None,
         "aurc": aurc(c, y),
         "coverage_at_accuracy": {f"{t:.2f}": coverage_at_accuracy(c, y, t) for t in COVERAGE_TARGETS},
         "reliability": reliability_bins(c, y, n_bins),

@@ -9,6 +9,9 @@ scored by the same rule:
   plain substring search), stripped; likewise the first analysis block. No answer block means
   unparsed.
 - ``parse_answer``: that answer text (or the teacher's ``llm_answer``) -> a letter a-g or None.
+  The text is normalised first (Unicode NFKC: fullwidth letters, no-break spaces and the
+  ellipsis character become their plain forms), and what surrounds the answer is stripped:
+  spaces, brackets, quotes, any Unicode punctuation or space, zero-width characters.
   It accepts a lone letter in any case with brackets, punctuation or markdown around it; a
   letter, a delimiter, then the start of *that* option's description; or one option's full
   description alone. Descriptions are compared case- and punctuation-insensitively, in the
@@ -17,6 +20,9 @@ scored by the same rule:
   unparsed counts as wrong. docs/evaluation.md shows the rule as a table of examples.
 - ``ground_truth_letters``: the dataset's exact description strings -> letters.
 - ``majority_vote``: the letter most responses agree on, and its share.
+- ``share_metrics``: the same figures for a model answering each sample several times (the
+  teacher's K draws): per sample the share of its answers that are right, each sample
+  weighing the same;
 - ``classification_metrics``: accuracy (unparsed counts wrong), balanced accuracy,
   per-class precision/recall/F1, a confusion matrix with an "unparsed" column, and
   bootstrap 95% intervals (optionally resampling whole groups).
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -40,6 +47,7 @@ __all__ = [
     "UNPARSED",
     "classification_metrics",
     "ground_truth_letters",
+    "share_metrics",
     "majority_vote",
     "option_descriptions",
     "parse_answer",
@@ -53,12 +61,28 @@ ANSWER_TAGS = ("<answer>", "</answer>")
 ANALYSIS_TAGS = ("<analysis>", "</analysis>")
 # Markdown emphasis is never part of an answer: "**c**", "`d`", "__e__".
 _MARKDOWN = str.maketrans("", "", "*`_~")
-# What may surround a lone letter: whitespace, brackets, quotes, punctuation.
+# What may surround a lone letter: whitespace, brackets, quotes, punctuation (and, by
+# ``_surrounds``, any Unicode punctuation, space, control or zero-width character).
 _SURROUNDING = " \t\r\n\f\v()[]{}<>.,;:!?\"'-#"
 # A letter, then a delimiter, then text: "c) Proc...", "(e). Non-...", "d: Nucleus", "b - mult".
 _LETTER_THEN_TEXT = re.compile(r"^[(\[]?([a-gA-G])(?:\s*[)\].:,\-\u2013\u2014]+\s*|\s+)(.+)$", re.S)
 _OPTION_LINE = re.compile(r"^\s*[(\[]?([a-g])[)\].:]\s+(\S.*?)\s*$", re.M)
 _LETTER_SET = frozenset(LETTERS)
+
+
+def _surrounds(ch: str) -> bool:
+    """Whether ``ch`` may stand around an answer: the ASCII set, or a Unicode punctuation mark
+    (curly quotes, dashes, ...), space separator, control or format (zero-width) character."""
+    return ch in _SURROUNDING or unicodedata.category(ch)[0] in "PZ" or unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _strip(s: str) -> str:
+    i, j = 0, len(s)
+    while i < j and _surrounds(s[i]):
+        i += 1
+    while j > i and _surrounds(s[j - 1]):
+        j -= 1
+    return s[i:j]
 
 
 def _words(text: str) -> str:
@@ -106,7 +130,7 @@ def parse_answer(text: object, options: Mapping[str, str | Sequence[str]] | None
     """
     if text is None or (isinstance(text, float) and math.isnan(text)):
         return None
-    s = str(text).translate(_MARKDOWN).strip(_SURROUNDING)
+    s = _strip(unicodedata.normalize("NFKC", str(text)).translate(_MARKDOWN))
     if not s:
         return None
     if len(s) == 1:
@@ -278,4 +302,35 @@ def classification_metrics(
     }
     if n_bootstrap > 0:
         out.update(_bootstrap(t, correct, n_bootstrap, seed, groups))
+    return out
+
+
+def share_metrics(y_true: Sequence[str], right_share, unparsed_share=None, *, n_bootstrap: int = 1000,
+                  seed: int = 0, groups: Sequence | None = None) -> dict:
+    """``classification_metrics``' headline figures for several answers per sample.
+
+    ``right_share``: per sample, the share of its answers that are right (a sample without an
+    answer: 0, wrong); ``unparsed_share``: the share that named no letter. Each sample weighs
+    the same whatever its number of answers: accuracy is the mean of the shares (the expected
+    accuracy of one answer drawn per sample), balanced accuracy the mean over classes of that
+    mean. Intervals resample whole ``groups`` as ``classification_metrics`` does.
+    """
+    t, _ = _codes(y_true, [None] * len(y_true))
+    right = np.asarray(right_share, dtype=np.float64).reshape(-1)
+    if len(right) != len(t):
+        raise ValueError(f"y_true has {len(t)} items but right_share has {len(right)}")
+    if len(t) == 0:
+        return {"n": 0, "accuracy": None, "unparsed_rate": None, "balanced_accuracy": None,
+                "accuracy_ci": None, "balanced_accuracy_ci": None}
+    onehot = np.eye(len(LETTERS))[t]
+    out = {
+        "n": len(t),
+        "accuracy": float(right.mean()),
+        "unparsed_rate": float(np.mean(unparsed_share)) if unparsed_share is not None else None,
+        "balanced_accuracy": float(_balanced(onehot.T @ right, onehot.sum(0))),
+        "accuracy_ci": None,
+        "balanced_accuracy_ci": None,
+    }
+    if n_bootstrap > 0:
+        out.update(_bootstrap(t, right, n_bootstrap, seed, groups))
     return out

@@ -299,17 +299,18 @@ def choose_triage(val, preds, target: float, column: str = "confidence") -> tupl
     """(per-sample triage frame, summary) for ``preds``, at the threshold chosen on ``val``.
 
     The threshold (``calibration.threshold_for``) sees only ``val``; each sample of ``preds``
-    then goes ``auto`` (its predicted letter is accepted) when its confidence reaches it, else
-    ``human``. Without a threshold reaching ``target`` on val, every sample goes to a human.
+    then goes ``auto`` (its predicted letter is accepted) when its confidence reaches it
+    (``calibration.accepted``: never an unparsed answer), else ``human``. Without a threshold
+    reaching ``target`` on val, every sample goes to a human.
     """
     import pandas as pd
 
-    from ..core.calibration import selective, threshold_for
+    from ..core.calibration import accepted, selective, threshold_for
 
     threshold = threshold_for(val[column].to_numpy(float), val["correct"].to_numpy(float), target)
     on_val = selective(val[column].to_numpy(float), val["correct"].to_numpy(float), threshold)
     here = selective(preds[column].to_numpy(float), preds["correct"].to_numpy(float), threshold)
-    auto = (preds[column].to_numpy(float) >= threshold) if threshold is not None else [False] * len(preds)
+    auto = accepted(preds[column].to_numpy(float), threshold)  # never an answer without a letter
     triage = pd.DataFrame({
         "proofread_root_id": preds["proofread_root_id"].to_numpy(),
         "current_root_id": preds["current_root_id"].to_numpy(),

@@ -1,15 +1,16 @@
 """One comparison table: every evaluated model, plus the teacher on exactly the same samples.
 
-The teacher is scored from merge's ``<stem>_responses.parquet`` restricted to each result's
-sample ids, twice: over all its responses (K per sample) and by majority vote per sample.
-Rows computed on a different sample set than the first result are marked, never silently
-compared.
+The teacher is scored from merge's ``<stem>_responses.parquet`` on each result's own rows
+(``teacher.py``), from the responses to the question the result was asked: per sample its
+share of right responses (``teacher (single response)``, each sample weighing the same) and its
+majority vote. Rows computed on a different sample set than the first result are marked,
+never silently compared.
 
-Every model row is also compared with the teacher *on the ids they share*, as a paired
-difference (``statistics.paired_delta``: the same group-bootstrap resamples for both, so
-their shared difficulty cancels) and by the exact McNemar test of the paired right/wrong
-outcomes: ``delta_vs_teacher`` (against the majority vote) and ``delta_vs_teacher_single``
-(against the teacher's single-response accuracy, per sample its share of right responses).
+Every model row is also compared with the teacher on the same rows, as a paired difference
+(``statistics.paired_delta``: the same group-bootstrap resamples for both, so their shared
+difficulty cancels) and by the exact McNemar test of the paired right/wrong outcomes:
+``delta_vs_teacher`` (against the majority vote) and ``delta_vs_teacher_single`` (against the
+single-response row: the student's accuracy minus that row's accuracy, exactly).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from ..core.config import ReportConfig, resolve
 from ..core.errors import UserError
 from ..core.task import ID_COLUMNS
+from .teacher import _row, teacher_answers, teacher_confidence, teacher_rows
 
 TABLE_COLUMNS = (
     "model", "n", "accuracy", "accuracy_ci", "balanced_accuracy", "balanced_accuracy_ci",
@@ -51,89 +53,19 @@ def responses_path(merged: Path) -> Path:
     return merged.with_name(f"{merged.stem}_responses.parquet")
 
 
-def teacher_rows(responses, truth: dict[tuple[int, int], str], sample_hash: str) -> list[dict]:
-    """Teacher accuracy on the samples of ``truth``: per response, and per sample by majority vote."""
-    from ..core.scoring import classification_metrics, majority_vote
-
-    pid, cid = ID_COLUMNS
-    keep = [(int(p), int(c)) in truth for p, c in zip(responses[pid], responses[cid], strict=True)]
-    sel = responses[keep]
-    rows = []
-    if len(sel):
-        m = classification_metrics(sel["ground_truth_letter"].tolist(), _none(sel["teacher_answer"].tolist()))
-        m.update(cluster_bootstrap(sel))  # resample samples, not responses
-        n_with = sel.groupby([pid, cid]).ngroups
-        rows.append(_row("teacher (all responses)", m, sample_hash,
-                         note=f"{len(sel)} responses on {n_with} of {len(truth)} samples"))
-    # Majority vote per sample, over exactly the same samples: no response counts as wrong.
-    votes = {(int(k[0]), int(k[1])): majority_vote(_none(g["teacher_answer"].tolist()))[0]
-             for k, g in sel.groupby([pid, cid])}
-    keys = list(truth)
-    m = classification_metrics([truth[k] for k in keys], [votes.get(k) for k in keys])
-    missing = sum(k not in votes for k in keys)
-    rows.append(_row("teacher (majority vote)", m, sample_hash,
-                     note=f"{missing} samples without a teacher response count as wrong" if missing else ""))
-    return rows
-
-
-def cluster_bootstrap(responses, n_bootstrap: int = 1000, seed: int = 0) -> dict:
-    """95% intervals of response-level accuracy and balanced accuracy, resampling whole groups.
-
-    A sample's K responses are correlated (same segment), and so are a neuron's segments:
-    resampling responses one by one would give intervals that are too narrow. Groups are the
-    leak-proof split groups when the responses file has them, else the samples.
-    """
+def paired_vs_teacher(preds, ans, n_bootstrap: int = 2000, seed: int = 0) -> dict:
+    """A model's per-sample right/wrong against the teacher's (``teacher.TeacherAnswers`` on
+    the same rows): its majority vote (a sample without a response counts as the teacher's
+    wrong) and its single-response share. Groups: the teacher answers' (the result's own)."""
     import numpy as np
 
-    from ..core.statistics import group_index, group_weights
-    from ..core.task import LETTERS
-
-    g = responses.groupby(list(ID_COLUMNS))
-    n = g.size().to_numpy(float)
-    correct = g["teacher_correct"].sum().to_numpy(float)
-    cls = g["ground_truth_letter"].first().map({x: i for i, x in enumerate(LETTERS)}).to_numpy()
-    groups = g["split_group"].first().to_numpy() if "split_group" in responses else None
-    onehot = np.eye(len(LETTERS))[cls]
-    acc, bal = [], []
-    for w in group_weights(group_index(groups, len(n)), n_bootstrap, seed):  # whole groups
-        nb, cb = w * n, w * correct
-        acc.append(cb.sum(1) / nb.sum(1))
-        nj, cj = nb @ onehot, cb @ onehot
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bal.append(np.nanmean(np.where(nj > 0, cj / np.maximum(nj, 1e-12), np.nan), axis=1))
-    acc, bal = np.concatenate(acc), np.concatenate(bal)
-    pct = lambda a: [float(np.percentile(a, 2.5)), float(np.percentile(a, 97.5))]  # noqa: E731
-    return {"accuracy_ci": pct(acc), "balanced_accuracy_ci": pct(bal)}
-
-
-def paired_vs_teacher(preds, responses, n_bootstrap: int = 2000, seed: int = 0) -> dict:
-    """A model's per-sample right/wrong against the teacher's on the ids they share.
-
-    Samples without a teacher response count as the teacher's wrong (as in its majority row).
-    Groups for the bootstrap: the result's ``split_group`` column, else the responses'.
-    """
-    import numpy as np
-
-    from ..core.scoring import majority_vote
     from ..core.statistics import mcnemar_exact, paired_delta
 
-    pid, cid = ID_COLUMNS
-    g = responses.groupby([pid, cid])
-    major = {(int(k[0]), int(k[1])): majority_vote(_none(v["teacher_answer"].tolist()))[0] for k, v in g}
-    share = {(int(k[0]), int(k[1])): float(v["teacher_correct"].mean()) for k, v in g}
-    rgroup = ({(int(k[0]), int(k[1])): v for k, v in g["split_group"].first().items()}
-              if "split_group" in responses else {})
-    keys = [(int(p), int(c)) for p, c in zip(preds[pid], preds[cid], strict=True)]
     student = preds["correct"].astype(bool).to_numpy()
     truth = preds["ground_truth_letter"].tolist()
-    teacher = np.array([major.get(k) == t for k, t in zip(keys, truth, strict=True)])
-    single = np.array([share.get(k, 0.0) for k in keys])
-    if "split_group" in preds:
-        groups = preds["split_group"].to_numpy()
-    else:
-        groups = np.array([rgroup.get(k, -1 - i) for i, k in enumerate(keys)])
-    d = paired_delta(student, teacher, groups, n_bootstrap=n_bootstrap, seed=seed)
-    d1 = paired_delta(student, single, groups, n_bootstrap=n_bootstrap, seed=seed)
+    teacher = np.array([x is not None and x == t for x, t in zip(ans.majority, truth, strict=True)])
+    d = paired_delta(student, teacher, ans.groups, n_bootstrap=n_bootstrap, seed=seed)
+    d1 = paired_delta(student, ans.right, ans.groups, n_bootstrap=n_bootstrap, seed=seed)
     return {"paired_n": d["n"], "delta_vs_teacher": d["delta"], "delta_vs_teacher_ci": d["ci"],
             "delta_vs_teacher_unpaired_ci": d["unpaired_ci"], "mcnemar_p": mcnemar_exact(student, teacher),
             "delta_vs_teacher_single": d1["delta"], "delta_vs_teacher_single_ci": d1["ci"]}
@@ -158,19 +90,6 @@ def describe_delta(row: dict) -> str:
     return f"{text} ({verdict}){extra}"
 
 
-def _none(values):
-    """NaN/None -> None (unparsed)."""
-    return [v if isinstance(v, str) else None for v in values]
-
-
-def _row(model: str, m: dict, sample_hash: str, note: str = "") -> dict:
-    return {
-        "model": model, "n": m["n"], "accuracy": m["accuracy"], "accuracy_ci": m["accuracy_ci"],
-        "balanced_accuracy": m["balanced_accuracy"], "balanced_accuracy_ci": m["balanced_accuracy_ci"],
-        "unparsed_rate": m["unparsed_rate"], "sample_ids_hash": sample_hash, "note": note,
-    }
-
-
 def report(config: ReportConfig | None = None, **overrides) -> Path:
     """Print and write (``.md`` + ``.csv``) the comparison table; return the markdown path."""
     import pandas as pd
@@ -187,24 +106,27 @@ def report(config: ReportConfig | None = None, **overrides) -> Path:
             raise UserError(f"{rp} not found: `merge` writes it beside {cfg.merged}")
         responses = pd.read_parquet(rp)
 
-    # The teacher first (the reference), once per distinct sample set; then every result.
-    rows, teacher_done = [], set()
-    for _, summary, preds in loaded:
-        h = summary["sample_ids_hash"]
-        if responses is not None and h not in teacher_done:
-            teacher_done.add(h)
-            truth = {(int(p), int(c)): t for p, c, t in
-                     zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], preds["ground_truth_letter"], strict=True)}
-            rows += with_teacher_confidence(teacher_rows(responses, truth, h), responses, preds, cfg.merged,
-                                            _target(loaded))
-    for folder, summary, preds in loaded:
+    # The teacher first (the reference), once per distinct (sample set, prompt setting); then
+    # every result, paired against the teacher's answers to its own question on its own rows.
+    settings = [(s.get("settings") or {}).get("prompt_setting") for _, s, _ in loaded]
+    label = len(set(settings)) > 1  # results asked different questions: name the teacher's setting
+    rows, teachers = [], {}
+    for (_, summary, preds), setting in zip(loaded, settings, strict=True):
+        key = (summary["sample_ids_hash"], setting)
+        if responses is not None and key not in teachers:
+            ans = teachers[key] = teacher_answers(preds, responses, setting)
+            suffix = f", {(ans.setting or 'all settings').replace('_', ' ')}" if label else ""
+            rows += teacher_confidence(teacher_rows(ans, preds, key[0], suffix), ans, preds, cfg.merged,
+                                       _target(loaded), _figures)
+    for (folder, summary, preds), setting in zip(loaded, settings, strict=True):
         note = "INCLUDES TRAIN SAMPLES" if summary.get("includes_train_samples") else ""
         row = _row(summary.get("name", folder.name), summary, summary["sample_ids_hash"], note)
-        if responses is not None:  # paired against the teacher on the same ids
-            row.update(paired_vs_teacher(preds, responses))
+        ans = teachers.get((summary["sample_ids_hash"], setting))
+        if ans is not None:  # paired against the teacher on the same rows
+            row.update(paired_vs_teacher(preds, ans))
         rows.append({**row, **student_confidence(folder, summary, preds)})
         if "vote_letters" in preds:  # self-consistency: the majority of its K sampled responses
-            rows.append(vote_row(row, summary, preds, responses))
+            rows.append(vote_row(row, summary, preds, ans))
 
     reference = loaded[0][1]["sample_ids_hash"]  # the first result's samples
     for r in rows:
@@ -246,9 +168,10 @@ def to_markdown(table) -> str:
         lines += [f"- {p}" for p in paired]
     lines += confidence_markdown(table)
     lines.append("")
-    lines.append("Intervals: percentile bootstrap over leak-proof groups (samples sharing an id); for "
-                 "'teacher (all responses)' whole groups with all their responses are resampled. "
-                 "docs/evaluation.md says when a difference is meaningful.")
+    lines.append("Intervals: percentile bootstrap over leak-proof groups (samples sharing an id), for "
+                 "every row. 'teacher (single response)': per sample the share of its responses that "
+                 "are right, each sample weighing the same. docs/evaluation.md says when a difference is "
+                 "meaningful.")
     return "\n".join(lines) + "\n"
 
 
@@ -286,9 +209,10 @@ def _target(loaded) -> float:
     return 0.95
 
 
-def _figures(confidence, correct, probs, truth, unit: str = "segments") -> dict:
+def _figures(confidence, correct, probs, truth, unit: str = "segments", parsed=None) -> dict:
     """ECE, Brier, AURC and coverage at 95% of one row, and a reading at the 95% threshold set
-    in hindsight on these samples (a row with a val-chosen triage replaces it)."""
+    in hindsight on these samples (a row with a val-chosen triage replaces it). ``parsed``:
+    which answers named a letter (the others' distribution is the zero vector in Brier)."""
     from ..core.calibration import aurc as area
     from ..core.calibration import (
         brier,
@@ -300,7 +224,7 @@ def _figures(confidence, correct, probs, truth, unit: str = "segments") -> dict:
     )
 
     t = selective(confidence, correct, threshold_for(confidence, correct, 0.95))
-    return {"ece": ece(confidence, correct), "brier": brier(probs, truth) if probs is not None else None,
+    return {"ece": ece(confidence, correct), "brier": brier(probs, truth, parsed) if probs is not None else None,
             "aurc": area(confidence, correct), "coverage_at_0.95": coverage_at_accuracy(confidence, correct, 0.95),
             "reading": f"{reading(t['coverage'], t['accuracy'], unit)} (95% threshold set on these same samples)"}
 
@@ -312,15 +236,20 @@ def student_confidence(folder: Path, summary: dict, preds) -> dict:
     if "confidence" not in preds:
         return {}
     out = _figures(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
-                   preds[list(LETTER_COLUMNS)].to_numpy(float), preds["ground_truth_letter"].tolist())
+                   preds[list(LETTER_COLUMNS)].to_numpy(float), preds["ground_truth_letter"].tolist(),
+                   parsed=preds["predicted_letter"].map(lambda x: isinstance(x, str)).to_numpy())
     triage = summary.get("triage")
     if triage and (folder / "triage.csv").is_file():  # the accepted samples, as eval decided them
         from ..core.calibration import reading
         from .results import read_predictions
 
-        t = read_predictions(folder / "triage.csv").merge(preds[[*ID_COLUMNS, "correct"]], on=list(ID_COLUMNS))
-        auto = t["decision"] == "auto"
-        cov, acc = float(auto.mean()), (float(t.loc[auto, "correct"].mean()) if auto.any() else None)
+        t = read_predictions(folder / "triage.csv")
+        # eval writes triage.csv row for row in predictions.csv's order (a repeated segment too)
+        if not (t[list(ID_COLUMNS)].to_numpy() == preds[list(ID_COLUMNS)].to_numpy()).all():
+            raise UserError(f"{folder}: triage.csv does not follow predictions.csv row for row; re-run eval")
+        auto = (t["decision"] == "auto").to_numpy()
+        right = preds["correct"].to_numpy(bool)
+        cov, acc = float(auto.mean()), (float(right[auto].mean()) if auto.any() else None)
         pooled = "cross_validation" in summary
         thr = None if pooled else triage["threshold"]
         where = "each fold's own val samples" if pooled else f"{triage['val']['n']} val samples"
@@ -329,100 +258,26 @@ def student_confidence(folder: Path, summary: dict, preds) -> dict:
     return {"confidence": "letter probability", **out}
 
 
-def vote_row(row: dict, summary: dict, preds, responses) -> dict:
+def vote_row(row: dict, summary: dict, preds, ans) -> dict:
     """The row of a result's majority of K sampled responses, judged by its vote share."""
     import numpy as np
 
     from ..core.calibration import vote_distribution
-
-    truth = preds["ground_truth_letter"].tolist()
-    letters = _none(preds["vote_letter"].tolist())
-    correct = np.array([x == t for x, t in zip(letters, truth, strict=True)])
     from ..core.scoring import classification_metrics
 
+    truth = preds["ground_truth_letter"].tolist()
+    letters = [x if isinstance(x, str) else None for x in preds["vote_letter"].tolist()]
+    correct = np.array([x == t for x, t in zip(letters, truth, strict=True)])
     groups = preds["split_group"].to_numpy() if "split_group" in preds else None
     m = classification_metrics(truth, letters, groups=groups)
     k = (summary.get("votes") or {}).get("k") or len(str(preds["vote_letters"].iloc[0]))
     out = _row(f"{row['model']} (majority of {k})", m, row["sample_ids_hash"], row.get("note", ""))
-    if responses is not None:
-        out.update(paired_vs_teacher(preds.assign(correct=correct), responses))
+    if ans is not None:
+        out.update(paired_vs_teacher(preds.assign(correct=correct), ans))
     dist = np.stack([vote_distribution([c if c != "-" else None for c in str(v)]) for v in preds["vote_letters"]])
-    out.update(confidence="vote share", **_figures(preds["vote_share"].to_numpy(float), correct, dist, truth))
+    out.update(confidence="vote share", **_figures(preds["vote_share"].to_numpy(float), correct, dist, truth,
+                                                   parsed=np.array([x is not None for x in letters])))
     return out
-
-
-def _answers(responses) -> dict:
-    """Sample ids -> the letters (None: unparsed) of the teacher's responses to it."""
-    return {(int(k[0]), int(k[1])): _none(g["teacher_answer"].tolist())
-            for k, g in responses.groupby(list(ID_COLUMNS))}
-
-
-def _teacher_votes(answers: dict, keys) -> tuple[list, list, list]:
-    """Per sample of ``keys``: the majority letter, its vote share and the vote distribution
-    (a sample without a response: None, 0 and all zeros)."""
-    from ..core.calibration import vote_distribution
-    from ..core.scoring import majority_vote
-
-    votes = [majority_vote(answers.get(k, [])) for k in keys]
-    return [v[0] for v in votes], [v[1] for v in votes], [vote_distribution(answers.get(k, [])) for k in keys]
-
-
-def with_teacher_confidence(rows: list[dict], responses, preds, merged, target: float) -> list[dict]:
-    """The teacher rows with their vote-share figures on ``preds``' samples; the majority vote
-    also with a triage whose threshold is chosen on the val samples' responses only (for a
-    cross-validation result, per fold on that fold's val samples)."""
-    import numpy as np
-
-    from ..core.calibration import reading, threshold_for
-    from ..core.data import read_merged
-    from ..core.task import LETTERS
-
-    answers = _answers(responses)
-    keys = [(int(p), int(c)) for p, c in zip(preds[ID_COLUMNS[0]], preds[ID_COLUMNS[1]], strict=True)]
-    truth = preds["ground_truth_letter"].tolist()
-    letters, share, dist = _teacher_votes(answers, keys)
-    share = np.array(share, dtype=float)
-    correct = np.array([x == t for x, t in zip(letters, truth, strict=True)], dtype=float)
-    # Triage: each part of the samples gets the threshold chosen on its own val samples.
-    meta = read_merged(merged, columns=[])[1]
-    if "fold" in preds and meta.get("fold_splits"):
-        parts = [(meta["fold_splits"][int(f)]["val"], (preds["fold"] == f).to_numpy()) for f in preds["fold"].unique()]
-    else:
-        parts = [((meta.get("splits") or {}).get("val") or [], np.ones(len(keys), dtype=bool))]
-    gt = {(int(p), int(c)): t for p, c, t in zip(responses[ID_COLUMNS[0]], responses[ID_COLUMNS[1]],
-                                                 responses["ground_truth_letter"], strict=True)}
-    accept, thresholds, n_val = np.zeros(len(keys), dtype=bool), [], 0
-    for val_ids, mask in parts:
-        vkeys = [(int(p), int(c)) for p, c in val_ids]
-        vl, vs, _ = _teacher_votes(answers, vkeys)
-        vc = [x is not None and x == gt.get(k) for x, k in zip(vl, vkeys, strict=True)]
-        thr = threshold_for(vs, vc, target) if vkeys else None
-        thresholds.append(thr)
-        n_val += len(vkeys)
-        if thr is not None:
-            accept |= mask & (share >= thr)
-    for r in rows:
-        if r["model"] == "teacher (majority vote)":
-            r.update(confidence="vote share", **_figures(share, correct, np.stack(dist), truth))
-            if n_val:
-                cov = float(accept.mean())
-                acc = float(correct[accept].mean()) if accept.any() else None
-                r.update(triage_threshold=thresholds[0] if len(parts) == 1 else None, triage_coverage=cov,
-                         triage_accuracy=acc, reading=f"{reading(cov, acc)} (target {target:.0%}, threshold "
-                         f"chosen on {n_val} val samples' responses)")
-        elif r["model"] == "teacher (all responses)":
-            # Each response judged by the share of its sample's responses that name its letter.
-            on = set(keys)
-            sel = responses[[(int(p), int(c)) in on for p, c in
-                             zip(responses[ID_COLUMNS[0]], responses[ID_COLUMNS[1]], strict=True)]]
-            rkeys = [(int(p), int(c)) for p, c in zip(sel[ID_COLUMNS[0]], sel[ID_COLUMNS[1]], strict=True)]
-            rdist = np.stack(_teacher_votes(answers, rkeys)[2])
-            conf = np.array([d[LETTERS.index(a)] if a in LETTERS else 0.0
-                             for d, a in zip(rdist, _none(sel["teacher_answer"].tolist()), strict=True)])
-            r.update(confidence="share of its sample's responses agreeing",
-                     **_figures(conf, sel["teacher_correct"].to_numpy(float), rdist,
-                                sel["ground_truth_letter"].tolist(), unit="responses"))
-    return rows
 
 
 def confidence_markdown(table) -> list[str]:

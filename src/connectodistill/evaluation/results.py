@@ -33,7 +33,8 @@ def confidence_summary(preds, seed: int = 0) -> dict:
 
     truth = preds["ground_truth_letter"].tolist()
     out = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
-                    preds[list(LETTER_COLUMNS)].to_numpy(float), truth)
+                    preds[list(LETTER_COLUMNS)].to_numpy(float), truth,
+                    parsed=preds["predicted_letter"].map(lambda x: isinstance(x, str)).to_numpy())
     if "vote_letters" in preds:
         letters = [x if isinstance(x, str) else None for x in preds["vote_letter"]]
         m = classification_metrics(truth, letters, seed=seed,

@@ -11,6 +11,7 @@ import pyarrow as pa
 from ..core.config import MergeConfig
 from ..core.task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, SPLITS, image_columns
 from .matching import UNPARSED_CODE, Benchmark, Votes
+from .splits import fold_warnings
 from .teacher_csv import SETTINGS, Prompts, Teacher, setting_codes
 
 __all__ = ["build_report", "print_summary"]
@@ -119,6 +120,8 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
         "folds": cfg.folds,
         # per fold: train/val/test id lists (fold i tests on its own samples); "splits" is fold 0's
         "fold_splits": folds,
+        # folds that train on far less than (K-1)/K (a giant leak-proof group): one line each
+        **({"fold_warnings": fold_warnings(fold_splits, bench.group, cfg.val_size)} if fold_splits is not None else {}),
         "splits": splits,
     }
 
@@ -145,7 +148,7 @@ def print_summary(console, report: dict, outputs: tuple[Path, ...]) -> None:
         t.add_row("skipped files", f"{len(r['skipped_files'])}", "same bytes as an earlier file")
     t.add_row("repeated rows", f"{r['duplicate_responses']}", "repeats inside one file, counted once")
     t.add_row("matched responses", f"{r['matched_responses']}", f"{r['unmatched_responses']} unmatched")
-    t.add_row("response accuracy", f"{r['response_accuracy']:.1%}",
+    t.add_row("response accuracy (response-weighted)", f"{r['response_accuracy']:.1%}",
               f"{r['correct_responses']} correct, {r['unparsed_responses']} unparsed")
     t.add_row("majority accuracy", f"{r['majority_accuracy']:.1%}",
               f"{r['samples_with_correct_response']} samples with a correct response")

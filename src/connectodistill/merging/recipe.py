@@ -44,7 +44,7 @@ from .matching import (
     vote,
 )
 from .metadata import build_report, print_summary
-from .splits import assign_folds, assign_splits
+from .splits import assign_folds, assign_splits, fold_warnings
 from .teacher_csv import (
     SETTINGS,
     Prompts,
@@ -135,6 +135,8 @@ def merge(
     fold, fold_splits = None, None
     if cfg.folds:
         fold, fold_splits = assign_folds(bench.group, labels, folds=cfg.folds, val_size=cfg.val_size, seed=cfg.seed)
+        for line in fold_warnings(fold_splits, bench.group, cfg.val_size):
+            console.print(f"[yellow]warning: {line}[/]", soft_wrap=True)
         split = fold_splits[0]  # the default split lists: fold 0's
         trainable = np.ones(bench.n, dtype=bool)
     else:

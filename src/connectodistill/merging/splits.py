@@ -181,6 +181,29 @@ def assign_folds(
     return fold, per_fold
 
 
+def fold_warnings(per_fold: list[np.ndarray], groups, val_size: float) -> list[str]:
+    """One line per fold whose train share falls far below what K folds promise.
+
+    With K folds each fold should train on about (K-1)/K of the samples less ``val_size``; a
+    leak-proof group too large to split (one neuron's many segments) can push a fold well
+    under that, silently training it on a sliver. "Far below": under 80% of the expected share.
+    """
+    groups = np.asarray(groups)
+    k = len(per_fold)
+    expected = (k - 1) / k - val_size
+    _, inv, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    out = []
+    for i, split in enumerate(per_fold):
+        share = float((split == "train").mean())
+        if share < 0.8 * expected:
+            test = split == "test"
+            big = int(sizes[inv.reshape(-1)[test]].max()) if test.any() else 0
+            out.append(f"fold {i} trains on {share:.0%} of the samples, not ~{expected:.0%}: its test fold holds "
+                       f"{test.mean():.0%} of them (largest leak-proof group: {big} samples); its student "
+                       "learns from less, lower --folds or check the groups")
+    return out
+
+
 def _balanced_assignment(groups: np.ndarray, labels: np.ndarray, shares: np.ndarray, seed: int) -> np.ndarray:
     """A bin number per sample: whole groups, largest first, each to the bin where it most
     reduces the squared gap between per-label counts and their targets (shares x label totals)."""

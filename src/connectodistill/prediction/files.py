@@ -114,8 +114,9 @@ def write_outputs(out: Path, chunk_files: list[Path], *, threshold: float | None
                 skipped += len(meta["errors"])
                 if triage:
                     conf = t.column("confidence").to_pylist()
-                    decision = ["auto" if threshold is not None and c is not None and c >= threshold else "human"
-                                for c in conf]
+                    # calibration.accepted's rule: never an answer without a letter (confidence 0)
+                    decision = ["auto" if threshold is not None and c is not None and c > 0 and c >= threshold
+                                else "human" for c in conf]
                     counts["triage"].update(decision)
                     t = t.add_column(t.schema.get_field_index("confidence") + 1, "triage",
                                      pa.array(decision, pa.string()))

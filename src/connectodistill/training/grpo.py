@@ -54,12 +54,15 @@ def score(text: str, answer: str, prompt_text: str) -> tuple[float, float]:
 
 class Rewards:
     """The reward functions TRL calls (``correct``, and ``format`` unless answer-only), a log of
-    every scored completion, and the zero-spread check on each generation batch."""
+    every scored completion, and the zero-spread check on each group of completions."""
 
-    def __init__(self, *, format_weight: float, answer_only: bool, log_path: Path | None, main: bool):
+    def __init__(self, *, format_weight: float, answer_only: bool, log_path: Path | None, main: bool,
+                 num_generations: int):
         self.format_weight = 0.0 if answer_only else format_weight
         self.log_path = log_path if main else None
-        self.zero_spread = 0
+        self.num_generations = num_generations
+        self.zero_spread = 0  # groups whose completions all got the same reward
+        self.groups = 0
         self.batches = 0
         self._scores: list[tuple[float, float]] = []
 
@@ -82,14 +85,21 @@ class Rewards:
         totals = [c + self.format_weight * f for c, f in self._scores]
         step = getattr(state, "global_step", None)
         self.batches += 1
-        if len(set(totals)) <= 1:
-            self.zero_spread += 1
+        # TRL normalises each prompt's num_generations completions against each other (its
+        # RepeatSampler yields them consecutively; grpo_trainer views rewards as (-1, G)): a
+        # group whose rewards are all equal gets zero advantages, whatever the rest of the batch.
+        g = self.num_generations if len(totals) % self.num_generations == 0 else len(totals)
+        groups = [totals[i:i + g] for i in range(0, len(totals), g)]
+        flat = sum(len(set(x)) <= 1 for x in groups)
+        self.groups += len(groups)
+        self.zero_spread += flat
+        if flat:
             from rich.console import Console
 
             Console(stderr=True, soft_wrap=True).print(
-                f"[yellow]grpo step {step}: all {len(totals)} rewards are {totals[0]:g}: zero spread, no "
-                "learning signal (a student that cannot answer yet, a too short --max-completion-length, "
-                "or a too low --temperature)[/]")
+                f"[yellow]grpo step {step}: {flat} of {len(groups)} groups of {g} completions got equal rewards: "
+                "no learning signal from them (a student that cannot answer yet, a too short "
+                "--max-completion-length, or a too low --temperature)[/]")
         if self.log_path is not None:
             with open(self.log_path, "a") as f:
                 for c, a, s, (right, fmt) in zip(completions, answer, sample, self._scores, strict=True):
@@ -177,7 +187,7 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
 
     main = PartialState().is_main_process
     rewards = Rewards(format_weight=cfg.format_reward, answer_only=cfg.answer_only,
-                      log_path=run_dir / REWARDS_FILE, main=main)
+                      log_path=run_dir / REWARDS_FILE, main=main, num_generations=cfg.num_generations)
     train_ds = trainers.lazy_image_dataset(prompt_records(data, rows, letters), rows, data.image_cols)
     val_ex, _ = build_examples(data.val_df, data, target="teacher", fill_missing=True, sample_level=True)
     select_by, metric, greater = trainers.selection(cfg, val_samples=len(val_ex), val_loss=False)
@@ -223,7 +233,8 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
                 "generation_prompt_prefill": runs.ANSWER_ONLY_PREFILL if cfg.answer_only else None,
                 "rewards": {"correct": 1.0, **({"format": rewards.format_weight} if rewards.format_weight else {})},
                 "reward_parser": "scoring.parse_response with the prompt's option wording",
-                "generation_batches": rewards.batches, "zero_spread_batches": rewards.zero_spread,
+                "generation_batches": rewards.batches, "generation_groups": rewards.groups,
+                "zero_spread_groups": rewards.zero_spread,
                 "first_reward": logged[0] if logged else None, "last_reward": logged[-1] if logged else None,
                 "use_vllm": False, "loss_type": args.loss_type,
             },
@@ -233,7 +244,7 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
             ("prompts", f"{len(rows)} x {cfg.num_generations} completions"),
             ("optimizer steps", str(trainer.state.global_step)),
             ("reward", f"{logged[0]:.3f} -> {logged[-1]:.3f}" if logged else "-"),
-            ("zero-spread batches", f"{rewards.zero_spread} of {rewards.batches}"),
+            ("zero-spread groups", f"{rewards.zero_spread} of {rewards.groups}"),
             ("train loss", f"{result.training_loss:.4f}"),
         ], train_seconds, time.time() - t_start)
     return run_dir
