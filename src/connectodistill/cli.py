@@ -213,6 +213,10 @@ def train(
     balance_classes: bool = typer.Option(
         None, "--balance-classes", help="grpo: draw every class's samples equally often (rare classes repeated)."
     ),
+    answer_rows: str = typer.Option(
+        None, help="Multi-task SFT for one-pass answers: answer-only rows (the question -> <answer>x</answer>) "
+        "beside the rationale rows of this share of the train samples: a number in (0, 1], all, or only "
+        "(answer rows alone).  [default: none]"),
     seed: int = typer.Option(None, help="Seed.  [default: 42]"),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=GPU_HELP),
@@ -228,9 +232,12 @@ def train(
         flags.pop(k)
 
     def go():
+        from .training.examples import parse_answer_rows
         from .training.sweeps import parse_sweep
 
         flags["sweep"] = parse_sweep(flags.get("sweep")) or None
+        if flags.get("answer_rows") is not None:
+            flags["answer_rows"], flags["rationale_rows"] = parse_answer_rows(flags["answer_rows"])
         cfg, remote_cfg = _configs(TrainConfig, config, flags)
         if cfg.method != "sft":  # check --from now; a remote run needs its model and data paths
             from .training.runs import continued_settings
@@ -291,6 +298,9 @@ def eval_(
         None, help="Triage: threshold chosen on the val split to reach this accuracy, applied to the "
         "evaluated samples (triage.csv)."
     ),
+    one_pass: bool = typer.Option(
+        None, "--one-pass", help="One-pass answers: one forward pass over the question and an opened answer "
+        "block, the letter its argmax; no rationale is generated (train with --answer-rows for it)."),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=EVAL_GPU_HELP),
     timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 3600, 1 h)."),
@@ -342,6 +352,12 @@ def predict(
     chunk_size: int = typer.Option(None, help="Segments per chunk written (and resumed).  [default: 64]"),
     batch_size: int = typer.Option(None, help="Generation batch size.  [default: 4]"),
     max_new_tokens: int = typer.Option(None, help="Generation budget.  [default: 1024]"),
+    one_pass: bool = typer.Option(
+        None, "--one-pass/--generate", help="One-pass answers (one forward pass, no rationale), or a generated "
+        "rationale then the letter.  [default: one-pass for a run trained with --answer-rows]"),
+    explain: str = typer.Option(
+        None, help="none, or human: with --one-pass and a triage, generate rationales for the segments sent to a "
+        "human (and only them).  [default: none]"),
     config_name: str = typer.Option(None, help="Dataset configuration (hub ids).  [default: the benchmark's]"),
     dataset_split: str = typer.Option(None, help="The dataset's own split.  [default: train]"),
     load_in_4bit: bool = typer.Option(None, "--load-in-4bit", help="4-bit base (CUDA only)."),

@@ -16,6 +16,10 @@ answer that names no letter.
 - ``threshold_for`` / ``coverage_at_accuracy``: the smallest confidence threshold (> 0) whose
   accepted samples reach an accuracy, and the share of samples it accepts; ``accepted``: which
   samples a threshold accepts;
+- ``fit_temperature`` / ``apply_temperature``: temperature scaling (Guo et al., 2017): one
+  scalar T, fit by the negative log-likelihood of the true letter on held-out (val) samples,
+  that divides the letter logits; a monotone rescaling of each distribution (the argmax, so
+  the answer, never changes);
 - ``summarize``: all of the above as one JSON-ready dict;
 - ``plot_reliability`` / ``plot_risk_coverage``: PNGs via matplotlib's Figure API (no pyplot).
 """
@@ -33,10 +37,12 @@ __all__ = [
     "COVERAGE_TARGETS",
     "LETTER_COLUMNS",
     "accepted",
+    "apply_temperature",
     "aurc",
     "brier",
     "coverage_at_accuracy",
     "ece",
+    "fit_temperature",
     "plot_reliability",
     "plot_risk_coverage",
     "reading",
@@ -58,6 +64,44 @@ def _arrays(confidence, correct) -> tuple[np.ndarray, np.ndarray]:
     if c.shape != y.shape:
         raise ValueError(f"{len(c)} confidences but {len(y)} correctness values")
     return c, y
+
+
+def apply_temperature(probs, temperature: float) -> np.ndarray:
+    """Each row's distribution at temperature T: softmax(log p / T), rows summing to 1.
+
+    The letter probabilities are a softmax of the seven letter logits, so log p equals those
+    logits up to a per-row constant and this is exactly softmax(logits / T).
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    logits = np.log(np.clip(p, 1e-300, None)) / float(temperature)
+    logits -= logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _nll(probs: np.ndarray, truth_index: np.ndarray, temperature: float) -> float:
+    q = apply_temperature(probs, temperature)
+    return float(-np.log(np.clip(q[np.arange(len(q)), truth_index], 1e-300, None)).mean())
+
+
+def fit_temperature(probs, truth: Sequence[str], bounds: tuple[float, float] = (0.05, 100.0)) -> dict:
+    """The temperature minimising the mean negative log-likelihood of the true letters.
+
+    ``probs``: (n, 7) letter distributions of held-out samples (val, never test); ``truth``:
+    their ground-truth letters. Returns ``{"temperature", "n", "nll_before", "nll_after"}``;
+    with no samples T = 1. Searched on log T (bounded, scipy's Brent), so T > 0.
+    """
+    from scipy.optimize import minimize_scalar
+
+    p = np.asarray(probs, dtype=np.float64).reshape(len(truth), len(LETTERS))
+    if len(p) == 0:
+        return {"temperature": 1.0, "n": 0, "nll_before": None, "nll_after": None}
+    idx = np.array([LETTERS.index(x) for x in truth])
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = minimize_scalar(lambda s: _nll(p, idx, float(np.exp(s))), bounds=(lo, hi), method="bounded",
+                          options={"xatol": 1e-4})
+    t = float(np.exp(res.x))
+    return {"temperature": t, "n": len(p), "nll_before": _nll(p, idx, 1.0), "nll_after": _nll(p, idx, t)}
 
 
 def reliability_bins(confidence, correct, n_bins: int = 10) -> list[dict]:
@@ -221,11 +265,14 @@ def plot_reliability(curves: Mapping[str, Sequence[dict]], path: Path, title: st
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="calibrated")
     for label, bins in curves.items():
         full = [b for b in bins if b["n"]]
-        ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o", label=label)
+        # a point on the edge (all samples at p = 1.0) stays whole: no clipping at the axes
+        ax.plot([b["confidence"] for b in full], [b["accuracy"] for b in full], marker="o", label=label,
+                clip_on=False, zorder=3)
         for b in full:
             ax.annotate(str(b["n"]), (b["confidence"], b["accuracy"]), fontsize=6,
                         textcoords="offset points", xytext=(3, -8))
-    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="mean confidence in bin", ylabel="accuracy in bin")
+    # the same axes for every model, so plots of different results compare at a glance
+    ax.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), xlabel="mean confidence in bin", ylabel="accuracy in bin")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "reliability (numbers: samples per bin)", fontsize=9)
     _save(fig, path)
@@ -242,8 +289,8 @@ def plot_risk_coverage(curves: Mapping[str, tuple[Sequence[float], Sequence[int]
         cov, risk = risk_coverage(conf, corr)
         if len(cov):
             ax.plot(cov, risk, label=f"{label} (AURC {aurc(conf, corr):.3f})")
-    ax.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share accepted, most confident first)",
-           ylabel="risk (1 - accuracy of the accepted)")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="coverage (share accepted, most confident first)",
+           ylabel="risk (1 - accuracy of the accepted)")  # one scale for every model
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "risk-coverage", fontsize=9)
     _save(fig, path)

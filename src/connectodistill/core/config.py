@@ -114,6 +114,18 @@ class TrainConfig(_Config):
     answer_only: bool = False
     format_reward: float = Field(0.1, ge=0.0)
     balance_classes: bool = False
+    # Multi-task SFT (docs/methods.md): beside the rationale rows of this share of the train
+    # samples (1.0: all), answer rows: the same question -> only the answer block, so that
+    # one-pass answers (eval/predict --one-pass) read the letter without a rationale. With
+    # rationale_rows False the student learns the answer rows alone.
+    answer_rows: float = Field(0.0, ge=0.0, le=1.0)
+    rationale_rows: bool = True
+
+    @model_validator(mode="after")
+    def _some_rows(self) -> TrainConfig:
+        if not self.rationale_rows and not self.answer_rows:
+            raise ValueError("without rationale rows the student needs answer rows: set answer_rows > 0")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +165,9 @@ class EvalConfig(_Config):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the votes.")
     # Triage: the smallest confidence threshold whose val accuracy reaches this, applied here.
     target_accuracy: float | None = Field(None, gt=0, le=1)
+    # One-pass answers: one forward pass over the question and an opened answer block, the
+    # letter its argmax; no rationale is generated.
+    one_pass: bool = False
     seed: int = 0
     progress: bool = True
 
@@ -187,6 +202,10 @@ class PredictConfig(_Config):
     chunk_size: int = Field(64, ge=1)
     batch_size: int = Field(4, ge=1)
     max_new_tokens: int = Field(1024, ge=1)
+    # One-pass answers (no rationale); None: one-pass for a run trained with answer rows.
+    one_pass: bool | None = None
+    # With one-pass triage: generate rationales for the segments sent to a human ("human").
+    explain: Literal["none", "human"] = "none"
     load_in_4bit: bool = False
     dry_run: bool = False  # read, check and prompt every segment; no model
     force: bool = False  # start over in an output folder holding another prediction

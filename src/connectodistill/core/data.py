@@ -331,3 +331,10 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sample_ids_hash(pids, cids) -> str:
+    """A short hash of the sorted (proofread_root_id, current_root_id) pairs of a sample set,
+    so results on different samples are never silently compared."""
+    pairs = sorted(f"{int(p)}:{int(c)}" for p, c in zip(pids, cids, strict=True))
+    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]

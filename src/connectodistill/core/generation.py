@@ -10,9 +10,11 @@ from collections.abc import Callable, Sequence
 
 from .conversation import build_messages
 
-__all__ = ["answer_context", "generate_answers", "letter_probabilities", "letter_token_ids", "render_prompts"]
+__all__ = ["ANSWER_TAG", "answer_context", "answer_row_ids", "generate_answers", "letter_probabilities",
+           "letter_token_ids", "one_pass_letter_ids", "one_pass_probabilities", "render_prompts"]
 
 ANSWER_TAG = "<answer>"
+ANSWER_CLOSE = "</answer>"
 
 
 def render_prompts(processor, prompts: Sequence[str], images: Sequence[list],
@@ -111,6 +113,62 @@ def letter_token_ids(tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return out
 
 
+def one_pass_letter_ids(tokenizer) -> list[int]:
+    """The token of each letter a-g after an opened answer block, for one-pass answers: each
+    letter tokenized alone must be exactly one token, seven distinct ones (else a UserError: a
+    one-pass answer needs one next token per letter)."""
+    from .errors import UserError
+    from .task import LETTERS
+
+    ids = [tokenizer(x, add_special_tokens=False)["input_ids"] for x in LETTERS]
+    if any(len(i) != 1 for i in ids) or len({i[0] for i in ids}) != len(LETTERS):
+        raise UserError(f"tokenizer {type(tokenizer).__name__} ({getattr(tokenizer, 'name_or_path', '?')}) does not "
+                        f"make each answer letter one token ({dict(zip(LETTERS, ids, strict=True))}); one-pass "
+                        "answers need one next token per letter")
+    return [i[0] for i in ids]
+
+
+def answer_row_ids(tokenizer, letter: str) -> tuple[list[int], list[int]]:
+    """(context, target) token ids of an answer-only assistant turn: the opened block
+    ``<answer>`` is context, the letter and ``</answer>`` are what is learned (the caller adds
+    the turn's end). Tokenized in pieces, so the letter is the very token one-pass answers read
+    after the same context (``one_pass_probabilities``)."""
+    from .task import LETTERS
+
+    context = tokenizer(ANSWER_TAG, add_special_tokens=False)["input_ids"]
+    letter_id = one_pass_letter_ids(tokenizer)[LETTERS.index(letter)]
+    return context, [letter_id] + tokenizer(ANSWER_CLOSE, add_special_tokens=False)["input_ids"]
+
+
+def _batch_inputs(processor, texts: list[str], images: list, append: list[int] | None = None):
+    """The processor's batch (left padding) for ``texts`` and their views, with ``append``
+    token ids added at the end of every row (the answer block's opening)."""
+    import torch
+
+    inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+    if append:
+        shape, extra = inputs["input_ids"].shape, torch.tensor(append)
+        n = shape[0]
+        for key in list(inputs.keys()):
+            v = inputs[key]
+            if torch.is_tensor(v) and v.dim() == 2 and v.shape == shape:  # per-token: ids, mask, types
+                tail = extra if key == "input_ids" else torch.full((len(append),), 1 if key == "attention_mask" else 0)
+                inputs[key] = torch.cat([v, tail.to(v.dtype).expand(n, -1)], dim=1)
+    return inputs
+
+
+def _softmax_at_end(model, inputs, ids):
+    """Softmax over the letter tokens ``ids`` (b, 7) at the last position of each row: one
+    forward pass, logits only there."""
+    import torch
+
+    inputs = inputs.to(model.device)
+    with torch.no_grad():
+        logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
+    picked = logits.gather(1, ids.to(logits.device)).double()
+    return torch.softmax(picked, dim=-1).cpu().numpy()
+
+
 def letter_probabilities(model, processor, prompts: Sequence[str], images: Sequence[list],
                          responses: Sequence[str], *, layouts: Sequence[str | None] | None = None,
                          batch_size: int = 4, progress: Callable[[int], None] | None = None):
@@ -141,8 +199,7 @@ def letter_probabilities(model, processor, prompts: Sequence[str], images: Seque
             flat = [im for i in chunk for im in images[i]]
             # Feed text + "a" and drop its last token: the context is then exactly the seven
             # sequences' shared tokens, whatever the tokenizer merges across the tag.
-            inputs = processor(text=[t + "a" for t in texts], images=flat or None, padding=True,
-                               return_tensors="pt")
+            inputs = _batch_inputs(processor, [t + "a" for t in texts], flat)
             if not torch.equal(inputs["input_ids"][:, -1], ids[:, 0]):
                 from .errors import UserError
 
@@ -150,11 +207,45 @@ def letter_probabilities(model, processor, prompts: Sequence[str], images: Seque
             for key in list(inputs.keys()):
                 if key.endswith(("input_ids", "attention_mask", "token_type_ids")):
                     inputs[key] = inputs[key][:, :-1]
-            inputs = inputs.to(model.device)
-            with torch.no_grad():
-                logits = model(**inputs, logits_to_keep=1).logits[:, -1, :]
-            picked = logits.gather(1, ids.to(logits.device)).double()
-            out[start:start + len(chunk)] = torch.softmax(picked, dim=-1).cpu().numpy()
+            out[start:start + len(chunk)] = _softmax_at_end(model, inputs, ids)
+            if progress is not None:
+                progress(len(chunk))
+    finally:
+        tok.padding_side = old_side
+    return out
+
+
+def one_pass_probabilities(model, processor, prompts: Sequence[str], images: Sequence[list], *,
+                           layouts: Sequence[str | None] | None = None, batch_size: int = 4,
+                           progress: Callable[[int], None] | None = None):
+    """One-pass answers: the distribution over the seven letters right after the question and
+    an opened answer block, without generating anything.
+
+    One forward pass per batch over the rendered prompt (``render_prompts``, views through the
+    processor as at generation) followed by the ``<answer>`` tokens exactly as answer rows are
+    trained (``answer_row_ids``); the next-token probabilities of the seven letters
+    (``one_pass_letter_ids``), renormalised to sum to 1. Returns (n, 7) float64 in the order of
+    ``task.LETTERS``; the answer is its argmax.
+    """
+    import numpy as np
+    import torch
+
+    tok = processor.tokenizer
+    ids = torch.tensor([one_pass_letter_ids(tok)])
+    opening = tok(ANSWER_TAG, add_special_tokens=False)["input_ids"]
+    old_side = tok.padding_side
+    tok.padding_side = "left"
+    layouts = list(layouts) if layouts is not None else [None] * len(prompts)
+    out = np.zeros((len(prompts), 7))
+    model.eval()
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = range(start, min(start + batch_size, len(prompts)))
+            texts = render_prompts(processor, [prompts[i] for i in chunk], [images[i] for i in chunk],
+                                   [layouts[i] for i in chunk])
+            flat = [im for i in chunk for im in images[i]]
+            inputs = _batch_inputs(processor, texts, flat, opening)
+            out[start:start + len(chunk)] = _softmax_at_end(model, inputs, ids.expand(len(chunk), -1))
             if progress is not None:
                 progress(len(chunk))
     finally:

@@ -67,6 +67,8 @@ def run_settings(cfg: EvalConfig) -> dict[str, Any]:
                 "with_description" if run.get("with_description", True) else "without_description"),
             "prompts_file": run_dir / SAMPLE_PROMPTS,
             "templates_file": run_dir / PROMPT_TEMPLATES,
+            # share of the train samples that had answer rows (one-pass answers were trained)
+            "answer_rows": float((run.get("settings") or {}).get("answer_rows") or 0.0),
         }
         if cfg.prompt is not None and cfg.prompt != s["prompt"]:
             mismatch(cfg, "--prompt", s["prompt"], cfg.prompt)

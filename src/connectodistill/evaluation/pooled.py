@@ -78,6 +78,7 @@ def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], li
         first_summary = first_summary or summary
         per_fold.append({"fold": i, "n": summary["n"], "accuracy": summary["accuracy"],
                          "accuracy_ci": summary["accuracy_ci"], "balanced_accuracy": summary["balanced_accuracy"],
+                         "calibration": summary.get("calibration"),
                          **({"triage_threshold": summary["triage"]["threshold"]} if "triage" in summary else {})})
         if (res / "triage.csv").is_file():  # each fold chose its threshold on its own val part
             triages.append(read_predictions(res / "triage.csv").assign(fold=i))
@@ -87,7 +88,8 @@ def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], li
                                      seed=cfg.seed, groups=preds["split_group"].to_numpy())
     counts = preds["ground_truth_letter"].value_counts()
     pooled = confidence_summary(preds, seed=cfg.seed) if "confidence" in preds else {}
-    per_run = {"triage", "votes", "vote_accuracy", "ece", "brier", "aurc", "coverage_at_accuracy", "reliability"}
+    per_run = {"triage", "votes", "vote_accuracy", "ece", "brier", "aurc", "coverage_at_accuracy", "reliability",
+               "uncalibrated", "calibration", "calibration_note"}
     summary = {
         **{k2: v for k2, v in first_summary.items() if k2 not in metrics and k2 not in per_run},
         **pooled,
@@ -99,6 +101,8 @@ def evaluate_cv(cfg: EvalConfig, evaluate_folds: Callable[[list[EvalConfig]], li
         "adapter": str(cv_dir),
         "prompt_source_counts": preds["prompt_source"].value_counts().to_dict(),
         "distinct_prompts": int(preds["prompt_sha256"].nunique()),
+        # each fold's confidence at its own temperature, fit on its own val part
+        "calibration": {"per_fold": [f["calibration"] for f in per_fold]},
         "cross_validation": {"folds": k, "per_fold": per_fold,
                              "pooled": "every sample scored once, by the fold that never trained or selected on it"},
         "generation_seconds": round(sum(json.loads((res / "summary.json").read_text())

@@ -1,9 +1,12 @@
-"""Held-out evaluation (the `eval` recipe): batched greedy generation, parsed answers, metrics.
+"""Held-out evaluation (the `eval` recipe): batched greedy generation (or one-pass answers),
+parsed answers, calibrated confidence, metrics.
 
 Settings that shape what the model sees (base model, benchmark, prompt template, guidance,
 chat template, pixel budget, split lists) come from the adapter's ``training_config.json``,
 so a student is scored exactly as it was trained; a conflicting flag is refused unless
-``allow_config_mismatch``. Unparsed answers count as wrong.
+``allow_config_mismatch``. Unparsed answers count as wrong. Confidence is the letter
+probability at the run's temperature for the answer mode, fit on val (``calibration.json``,
+``training/calibrate.py``); a run without one is fit here on its val split, and says so.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from ..core.conversation import (
     sample_name,
 )
 from ..core.errors import UserError
-from ..core.generation import generate_answers, letter_probabilities
+from ..core.generation import generate_answers, letter_probabilities, one_pass_probabilities
 from ..core.task import (
     ID_COLUMNS,
     image_columns,
@@ -50,7 +53,8 @@ from .results import (  # noqa: F401 - importable from here too
 PREDICTION_COLUMNS = (
     "proofread_root_id", "current_root_id", "species", "ground_truth_letter", "predicted_letter",
     "parsed", "correct", "analysis", "response", "in_train", "prompt_source", "prompt_sha256", "split_group",
-    "p_a", "p_b", "p_c", "p_d", "p_e", "p_f", "p_g", "confidence",  # with --votes: vote_letter, vote_share, vote_letters
+    "p_a", "p_b", "p_c", "p_d", "p_e", "p_f", "p_g", "confidence",  # calibrated (the run's temperature)
+    "confidence_raw", "temperature", "mode",  # with --votes: vote_letter, vote_share, vote_letters
 )
 
 
@@ -115,23 +119,35 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
         model = PeftModel.from_pretrained(model, str(cfg.adapter_path))
 
-    # 3. Generate, batched, with a progress bar.
+    # 3. Answers, batched, with a progress bar: a generated rationale then the letter (and the
+    #    letter distribution at its answer position), or one pass over the question and an
+    #    opened answer block (no generation).
     import time
 
     from rich.progress import Progress
 
+    mode = "one_pass" if cfg.one_pass else "generate"
+    layouts = [p.layout for p in chosen]
     t0 = time.time()
-    with Progress(disable=not cfg.progress, transient=True) as bar:
-        task = bar.add_task(f"eval {out_dir.name}", total=len(rows))
-        responses = generate_answers(model, processor, prompts, images, layouts=[p.layout for p in chosen],
-                                     batch_size=cfg.batch_size,
-                                     max_new_tokens=cfg.max_new_tokens,
-                                     progress=lambda n: bar.advance(task, n))
-    seconds = time.time() - t0
-    # 3b. The letter distribution at each response's answer position: one forward pass each.
-    t0 = time.time()
-    probs = _letter_probs(model, processor, prompts, images, chosen, responses, cfg, out_dir.name)
-    confidence_seconds = time.time() - t0
+    if cfg.one_pass:
+        _warn_one_pass(settings)
+        with Progress(disable=not cfg.progress, transient=True) as bar:
+            task = bar.add_task(f"one-pass {out_dir.name}", total=len(rows))
+            probs = one_pass_probabilities(model, processor, prompts, images, layouts=layouts,
+                                           batch_size=cfg.batch_size, progress=lambda n: bar.advance(task, n))
+        responses = [""] * len(rows)
+        seconds = confidence_seconds = time.time() - t0
+    else:
+        with Progress(disable=not cfg.progress, transient=True) as bar:
+            task = bar.add_task(f"eval {out_dir.name}", total=len(rows))
+            responses = generate_answers(model, processor, prompts, images, layouts=layouts,
+                                         batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens,
+                                         progress=lambda n: bar.advance(task, n))
+        seconds = time.time() - t0
+        # 3b. The letter distribution at each response's answer position: one forward pass each.
+        t0 = time.time()
+        probs = _letter_probs(model, processor, prompts, images, chosen, responses, cfg, out_dir.name)
+        confidence_seconds = time.time() - t0
     # 3c. Self-consistency: K sampled responses per sample besides the greedy one.
     t0 = time.time()
     sampled = _sampled_letters(model, processor, prompts, images, chosen, cfg, out_dir.name) if cfg.votes else None
@@ -139,12 +155,27 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
 
     # 4. Score: the teacher's extraction and answer rule (shared with merge); unparsed = wrong.
     from ..core.scoring import option_descriptions
+    from ..core.task import LETTERS
 
-    parsed = [parse_response(r, option_descriptions(p)) for r, p in zip(responses, prompts, strict=True)]
+    parsed = ([(None, LETTERS[i]) for i in probs.argmax(1)] if cfg.one_pass else
+              [parse_response(r, option_descriptions(p)) for r, p in zip(responses, prompts, strict=True)])
     student = cfg.adapter_path is not None or cfg.model is not None
     trained = train_keys(settings) if student else set()  # flagged per row
     predicted = [letter for _, letter in parsed]
     metrics = classification_metrics(truth, predicted, seed=cfg.seed, groups=groups)
+    # 4b. Calibration: the run's temperature for this mode, fit on val (here, if the run has
+    #     none). The val pass also serves the triage below.
+    calibration = _stored_calibration(cfg, mode)
+    val = val_probs = None
+    if calibration is None or cfg.target_accuracy is not None:
+        t_val = time.time()
+        val, val_probs = _val_pass(model, processor, bench, settings, cfg, image_cols, mode)
+        val_seconds = time.time() - t_val
+    if calibration is None:
+        calibration = _fit_now(val, val_probs)
+    from ..core.calibration import apply_temperature
+
+    calibrated = apply_temperature(probs, calibration["temperature"])
     import pandas as pd
 
     preds = pd.DataFrame({
@@ -162,7 +193,10 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "prompt_source": [p.source for p in chosen],
         "prompt_sha256": [p.sha256 for p in chosen],
         "split_group": groups,
-        **confidence_columns(probs, predicted),
+        **confidence_columns(calibrated, predicted),
+        "confidence_raw": confidence_columns(probs, predicted)["confidence"],
+        "temperature": calibration["temperature"],
+        "mode": mode,
         **(vote_columns(sampled) if sampled is not None else {}),
     })
     counts = pd.Series(truth).value_counts()
@@ -186,8 +220,9 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
             "prompt": settings["prompt"], "prompt_setting": settings["prompt_setting"],
             "prompt_template_id": PROMPT_TEMPLATE_ID, "prompt_template_hash": prompt_template_hash(),
             "votes": cfg.votes, "temperature": cfg.temperature if cfg.votes else None,
-            "target_accuracy": cfg.target_accuracy,
+            "target_accuracy": cfg.target_accuracy, "mode": mode,
         },
+        "calibration": calibration,
         "generation_seconds": round(seconds, 2),
         "samples_per_second": round(len(rows) / seconds, 3) if seconds else None,
         **confidence_summary(preds, seed=cfg.seed),
@@ -195,13 +230,14 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     }
     if sampled is not None:
         summary["votes"].update(k=cfg.votes, temperature=cfg.temperature, seconds=round(vote_seconds, 2))
-    # 3d. Triage: the threshold is chosen on the val samples (never these), then applied here.
-    triage = val = None
+    # 3d. Triage: the threshold is chosen on the val samples (never these), on their calibrated
+    #     confidence, then applied here.
+    triage = None
     if cfg.target_accuracy is not None:
-        t0 = time.time()
-        val = _val_pass(model, processor, bench, settings, cfg, image_cols)
+        val = val.assign(**confidence_columns(apply_temperature(val_probs, calibration["temperature"]),
+                                              val["predicted_letter"].tolist()))
         triage, summary["triage"] = choose_triage(val, preds, cfg.target_accuracy)
-        summary["triage"]["val_seconds"] = round(time.time() - t0, 2)
+        summary["triage"]["val_seconds"] = round(val_seconds, 2)
 
     # 5. Outputs, written whole or not at all.
     from ..core.data import atomic_write_text
@@ -269,30 +305,77 @@ def vote_columns(sampled: list[list]) -> dict:
             "vote_letters": ["".join(x or "-" for x in letters) for letters in sampled]}
 
 
-def _val_pass(model, processor, bench, settings: dict, cfg: EvalConfig, image_cols) -> Any:
-    """Greedy responses and letter probabilities on the val split (all of it, never test): the
-    per-sample frame a triage threshold is chosen on."""
+def _val_pass(model, processor, bench, settings: dict, cfg: EvalConfig, image_cols, mode: str) -> tuple[Any, Any]:
+    """(per-sample frame, raw letter distributions) of the val split (all of it, never test) in
+    answer ``mode``: what a temperature and a triage threshold are chosen on."""
     import pandas as pd
 
     from ..core.scoring import ground_truth_letters, option_descriptions, parse_response
+    from ..core.task import LETTERS
 
     df, _, _ = select_samples(bench, settings, cfg.model_copy(update={"split": "val", "num_samples": None}))
     rows = df.to_dict("records")
     chosen = choose_prompts(rows, settings, cfg)
     prompts = [p.text for p in chosen]
     images = [load_images(r, image_cols, blank=cfg.blank_images) for r in rows]
-    responses = generate_answers(model, processor, prompts, images, layouts=[p.layout for p in chosen],
-                                 batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
-    probs = _letter_probs(model, processor, prompts, images, chosen, responses, cfg, "val")
-    predicted = [parse_response(r, option_descriptions(p))[1] for r, p in zip(responses, prompts, strict=True)]
+    layouts = [p.layout for p in chosen]
+    if mode == "one_pass":
+        probs = one_pass_probabilities(model, processor, prompts, images, layouts=layouts, batch_size=cfg.batch_size)
+        predicted = [LETTERS[i] for i in probs.argmax(1)]
+    else:
+        responses = generate_answers(model, processor, prompts, images, layouts=layouts,
+                                     batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
+        probs = _letter_probs(model, processor, prompts, images, chosen, responses, cfg, "val")
+        predicted = [parse_response(r, option_descriptions(p))[1] for r, p in zip(responses, prompts, strict=True)]
     truth = ground_truth_letters(df[label_column(df.columns)].tolist())
-    return pd.DataFrame({
+    frame = pd.DataFrame({
         "proofread_root_id": df[ID_COLUMNS[0]].astype("int64").to_numpy(),
         "current_root_id": df[ID_COLUMNS[1]].astype("int64").to_numpy(),
         "ground_truth_letter": truth, "predicted_letter": predicted,
         "correct": [p == t for p, t in zip(predicted, truth, strict=True)],
-        **confidence_columns(probs, predicted),
     })
+    return frame, probs
+
+
+def _stored_calibration(cfg: EvalConfig, mode: str) -> dict | None:
+    """The temperature the run (or exported model) was calibrated with for ``mode``, if any."""
+    from ..training.calibrate import read_calibration
+
+    stored = read_calibration(cfg.adapter_path if cfg.adapter_path is not None else cfg.model)
+    if stored is None or mode not in stored:
+        return None
+    return {**stored[mode], "mode": mode, "fit_on": stored.get("fit_on", "val"), "n_val": stored.get("n_val"),
+            "source": "the run's calibration.json (fit on its val split when training ended)"}
+
+
+def _fit_now(val, val_probs) -> dict:
+    """A temperature fit here on the val split (a run from before calibration.json, a base
+    model); T = 1 when there are no val samples. Never the evaluated samples."""
+    from ..core.calibration import fit_temperature
+
+    if val is None or not len(val):
+        return {"temperature": 1.0, "n": 0, "fit_on": None, "source": "none: no val split to fit a temperature on"}
+    fit = fit_temperature(val_probs, val["ground_truth_letter"].tolist())
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]no calibration.json for this answer mode: temperature "
+                               f"{fit['temperature']:.3g} fit now on {len(val)} val samples[/]")
+    return {**fit, "fit_on": "val", "n_val": len(val), "source": "fit at eval time on the val split "
+            "(the run has no calibration.json for this answer mode)"}
+
+
+def _warn_one_pass(settings: dict) -> None:
+    """One-pass answers from a student never trained on answer rows are little better than
+    chance: say so, once, before the numbers do."""
+    if not settings.get("answer_rows"):
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[yellow]{ONE_PASS_UNTRAINED}[/]", soft_wrap=True)
+
+
+ONE_PASS_UNTRAINED = ("one-pass answers from a model never trained with answer rows: it was taught to write a "
+                      "rationale first, so its letter right after the question is close to a guess (bench/README.md, "
+                      "onepass); train with --answer-rows to use --one-pass")
 
 
 def choose_triage(val, preds, target: float, column: str = "confidence") -> tuple[Any, dict]:

@@ -28,9 +28,18 @@ TABLE_COLUMNS = (
     "unparsed_rate", "sample_ids_hash", "same_samples", "note",
     "paired_n", "delta_vs_teacher", "delta_vs_teacher_ci", "delta_vs_teacher_unpaired_ci", "mcnemar_p",
     "delta_vs_teacher_single", "delta_vs_teacher_single_ci",
-    *("confidence", "ece", "brier", "aurc", "coverage_at_0.95", "triage_threshold", "triage_coverage",
-      "triage_accuracy", "reading"),  # calibration and triage (the functions at the end)
+    *("confidence", "ece", "brier", "ece_uncalibrated", "brier_uncalibrated", "temperature", "aurc",
+      "coverage_at_0.95", "triage_threshold", "triage_coverage", "triage_accuracy", "reading"),
+    # calibration and triage (the functions at the end)
 )
+LEVEL = 0.05  # a difference is called better or worse only when the paired test says so at this level
+
+
+def format_p(p: float | None) -> str:
+    """"p < 0.001" or two significant digits: a p-value is never printed as 0."""
+    if p is None or p != p:
+        return "p = n/a"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
 
 
 def _load_result(path: Path):
@@ -72,15 +81,21 @@ def paired_vs_teacher(preds, ans, n_bootstrap: int = 2000, seed: int = 0) -> dic
 
 
 def describe_delta(row: dict) -> str:
-    """"student - teacher: -2.1 pp [-6.0, +1.8], p = 0.31" in words a reader understands."""
+    """"student - teacher: -2.1 pp [-6.0, +1.8], p = 0.31" in words a reader understands.
+
+    "better" or "worse" only when both tests agree at the 5% level: the paired interval
+    excludes 0 and the exact McNemar p < 0.05; when only one does, the words say so."""
     d, ci, p = row.get("delta_vs_teacher"), row.get("delta_vs_teacher_ci"), row.get("mcnemar_p")
     if d is None or ci is None or (isinstance(d, float) and d != d):
         return ""
-    text = f"{row['model']} - teacher: {100 * d:+.1f} pp [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}], p = {p:.2g}"
-    if ci[0] > 0:
-        verdict = "better than the teacher's majority vote"
-    elif ci[1] < 0:
-        verdict = "worse than the teacher's majority vote"
+    text = f"{row['model']} - teacher: {100 * d:+.1f} pp [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}], {format_p(p)}"
+    excludes = ci[0] > 0 or ci[1] < 0
+    significant = p is not None and p == p and p < LEVEL
+    if excludes and significant:
+        verdict = f"{'better' if d > 0 else 'worse'} than the teacher's majority vote"
+    elif excludes or significant:
+        verdict = ("borderline: the paired interval and McNemar's test disagree at the 5% level; no "
+                   "difference is claimed")
     else:
         verdict = "no difference from the teacher's majority vote can be told at this sample size"
     single = row.get("delta_vs_teacher_single")
@@ -212,7 +227,10 @@ def _target(loaded) -> float:
 def _figures(confidence, correct, probs, truth, unit: str = "segments", parsed=None) -> dict:
     """ECE, Brier, AURC and coverage at 95% of one row, and a reading at the 95% threshold set
     in hindsight on these samples (a row with a val-chosen triage replaces it). ``parsed``:
-    which answers named a letter (the others' distribution is the zero vector in Brier)."""
+    which answers named a letter (the others' distribution is the zero vector in Brier);
+    without any, there is nothing to calibrate: no figures, the reading says n/a."""
+    import numpy as np
+
     from ..core.calibration import aurc as area
     from ..core.calibration import (
         brier,
@@ -223,6 +241,9 @@ def _figures(confidence, correct, probs, truth, unit: str = "segments", parsed=N
         threshold_for,
     )
 
+    if parsed is not None and not np.asarray(parsed, dtype=bool).any():
+        return {"ece": None, "brier": None, "aurc": None, "coverage_at_0.95": None,
+                "reading": "n/a: no parsed answers"}
     t = selective(confidence, correct, threshold_for(confidence, correct, 0.95))
     return {"ece": ece(confidence, correct), "brier": brier(probs, truth, parsed) if probs is not None else None,
             "aurc": area(confidence, correct), "coverage_at_0.95": coverage_at_accuracy(confidence, correct, 0.95),
@@ -235,11 +256,20 @@ def student_confidence(folder: Path, summary: dict, preds) -> dict:
 
     if "confidence" not in preds:
         return {}
-    out = _figures(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
-                   preds[list(LETTER_COLUMNS)].to_numpy(float), preds["ground_truth_letter"].tolist(),
-                   parsed=preds["predicted_letter"].map(lambda x: isinstance(x, str)).to_numpy())
+    parsed = preds["predicted_letter"].map(lambda x: isinstance(x, str)).to_numpy()
+    correct, truth = preds["correct"].to_numpy(float), preds["ground_truth_letter"].tolist()
+    out = _figures(preds["confidence"].to_numpy(float), correct, preds[list(LETTER_COLUMNS)].to_numpy(float),
+                   truth, parsed=parsed)
+    if "confidence_raw" in preds and parsed.any():  # before the run's temperature
+        from .results import uncalibrated_probs
+
+        before = _figures(preds["confidence_raw"].to_numpy(float), correct, uncalibrated_probs(preds), truth,
+                          parsed=parsed)
+        temps = sorted(set(preds["temperature"].round(4))) if "temperature" in preds else []
+        out.update(ece_uncalibrated=before["ece"], brier_uncalibrated=before["brier"],
+                   temperature=temps[0] if len(temps) == 1 else None)
     triage = summary.get("triage")
-    if triage and (folder / "triage.csv").is_file():  # the accepted samples, as eval decided them
+    if triage and parsed.any() and (folder / "triage.csv").is_file():  # the accepted samples, as eval decided
         from ..core.calibration import reading
         from .results import read_predictions
 
@@ -255,7 +285,8 @@ def student_confidence(folder: Path, summary: dict, preds) -> dict:
         where = "each fold's own val samples" if pooled else f"{triage['val']['n']} val samples"
         out.update(triage_threshold=thr, triage_coverage=cov, triage_accuracy=acc,
                    reading=f"{reading(cov, acc)} (target {triage['target_accuracy']:.0%}, threshold chosen on {where})")
-    return {"confidence": "letter probability", **out}
+    calibrated = "confidence_raw" in preds
+    return {"confidence": "letter probability" + (" (calibrated)" if calibrated else ""), **out}
 
 
 def vote_row(row: dict, summary: dict, preds, ans) -> dict:
@@ -291,11 +322,16 @@ def confidence_markdown(table) -> list[str]:
     def f(v):
         return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
-    lines = ["", "Confidence (ECE: 10 equal-width bins; Brier: sum over the seven letters; AURC: area under "
+    def before_after(r, key):
+        raw = r.get(f"{key}_uncalibrated")
+        return f(r[key]) if raw is None or (isinstance(raw, float) and math.isnan(raw)) else f"{f(raw)} -> {f(r[key])}"
+
+    lines = ["", "Confidence (ECE: 10 equal-width bins; Brier: sum over the seven letters, an unparsed answer "
+             "the zero vector; a student's before -> after its temperature, fit on val; AURC: area under "
              "the risk-coverage curve, lower is better; coverage: the largest share, most confident first, "
              "at least 95% accurate):", "",
              "| model | confidence | ECE | Brier | AURC | coverage at 95% |", "| --- | --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['confidence']} | {f(r['ece'])} | {f(r['brier'])} | {f(r['aurc'])} | "
-              f"{f(r['coverage_at_0.95'])} |" for r in recs]
+    lines += [f"| {r['model']} | {r['confidence']} | {before_after(r, 'ece')} | {before_after(r, 'brier')} | "
+              f"{f(r['aurc'])} | {f(r['coverage_at_0.95'])} |" for r in recs]
     lines += ["", "Triage:", ""] + [f"- {r['model']}: {r['reading']}" for r in recs if isinstance(r.get("reading"), str)]
     return lines

@@ -8,21 +8,41 @@ a cross-validation run; read back by ``report``.
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
+from ..core.data import sample_ids_hash  # noqa: F401 - importable from here too
 from ..core.task import ID_COLUMNS
 
 
-def sample_ids_hash(pids, cids) -> str:
-    pairs = sorted(f"{int(p)}:{int(c)}" for p, c in zip(pids, cids, strict=True))
-    return hashlib.sha256("\n".join(pairs).encode()).hexdigest()[:16]
+def uncalibrated_probs(preds):
+    """The letter distributions before the temperature (``p_a``..``p_g`` hold them after):
+    temperature scaling is invertible, softmax(T * log p) undoes softmax(log p / T); each row
+    by its own ``temperature`` (the folds of a pooled CV result differ)."""
+    import numpy as np
+
+    from ..core.calibration import LETTER_COLUMNS, apply_temperature
+
+    p = preds[list(LETTER_COLUMNS)].to_numpy(float)
+    if "temperature" not in preds:
+        return p
+    temps = preds["temperature"].to_numpy(float)
+    out = np.empty_like(p)
+    for temp in np.unique(temps):
+        rows = temps == temp
+        out[rows] = apply_temperature(p[rows], 1.0 / temp)
+    return out
+
+
+NO_PARSED = "n/a: no parsed answers"
 
 
 def confidence_summary(preds, seed: int = 0) -> dict:
     """Calibration and selective accuracy of a predictions frame (``calibration.summarize``):
-    ece, brier, aurc, coverage_at_accuracy, reliability of ``confidence``; with vote columns
-    also ``vote_accuracy`` and ``votes`` (the majority's metrics and vote-share calibration).
+    ece, brier, aurc, coverage_at_accuracy, reliability of the calibrated ``confidence``, and
+    the same before the temperature under ``uncalibrated``; with vote columns also
+    ``vote_accuracy`` and ``votes`` (the majority's metrics and vote-share calibration).
+    Without a single parsed answer there is nothing to calibrate: the figures are None and
+    ``calibration_note`` says so.
 
     Computed from the frame alone, so a pooled frame (cross-validation) gets pooled figures.
     """
@@ -32,35 +52,59 @@ def confidence_summary(preds, seed: int = 0) -> dict:
     from ..core.scoring import classification_metrics
 
     truth = preds["ground_truth_letter"].tolist()
-    out = summarize(preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float),
-                    preds[list(LETTER_COLUMNS)].to_numpy(float), truth,
-                    parsed=preds["predicted_letter"].map(lambda x: isinstance(x, str)).to_numpy())
+    parsed = preds["predicted_letter"].map(lambda x: isinstance(x, str)).to_numpy()
+    correct = preds["correct"].to_numpy(float)
+    if not parsed.any():
+        out = {k: None for k in ("ece", "brier", "aurc", "coverage_at_accuracy", "reliability")}
+        out["calibration_note"] = NO_PARSED
+    else:
+        out = summarize(preds["confidence"].to_numpy(float), correct, preds[list(LETTER_COLUMNS)].to_numpy(float),
+                        truth, parsed=parsed)
+        if "confidence_raw" in preds:
+            before = summarize(preds["confidence_raw"].to_numpy(float), correct, uncalibrated_probs(preds), truth,
+                               parsed=parsed)
+            out["uncalibrated"] = {k: before[k] for k in ("ece", "brier", "aurc", "coverage_at_accuracy",
+                                                          "reliability")}
     if "vote_letters" in preds:
         letters = [x if isinstance(x, str) else None for x in preds["vote_letter"]]
         m = classification_metrics(truth, letters, seed=seed,
                                    groups=preds["split_group"].to_numpy() if "split_group" in preds else None)
         dist = np.stack([vote_distribution([c if c != "-" else None for c in str(v)]) for v in preds["vote_letters"]])
-        correct = np.array([x == t for x, t in zip(letters, truth, strict=True)], dtype=float)
+        vote_right = np.array([x == t for x, t in zip(letters, truth, strict=True)], dtype=float)
         out["vote_accuracy"] = m["accuracy"]
         out["votes"] = {**{k: m[k] for k in ("n", "accuracy", "accuracy_ci", "balanced_accuracy",
                                              "balanced_accuracy_ci", "unparsed_rate")},
-                        **summarize(preds["vote_share"].to_numpy(float), correct, dist, truth)}
+                        **summarize(preds["vote_share"].to_numpy(float), vote_right, dist, truth,
+                                    parsed=np.array([x is not None for x in letters]))}
     return out
 
 
 def plot_confidence(summary: dict, preds, out_dir: Path) -> None:
-    """``reliability.png`` and ``risk_coverage.png``: letter probability, and vote share with --votes."""
+    """``reliability.png`` (calibrated and uncalibrated letter probability, and vote share with
+    --votes) and ``risk_coverage.png``; neither without a parsed answer (nothing to plot)."""
     from ..core.calibration import plot_reliability, plot_risk_coverage
 
-    bins = {"letter probability": summary["reliability"]}
-    curves = {"letter probability": (preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float))}
+    if summary.get("reliability") is None:
+        return
+    calibration = summary.get("calibration") or {}
+    temp = calibration.get("temperature")
+    label = (f"calibrated (T={temp:.2f})" if temp is not None else
+             "calibrated (each fold's T)" if "per_fold" in calibration else "letter probability")
+    bins = {label: summary["reliability"]}
+    curves = {label: (preds["confidence"].to_numpy(float), preds["correct"].to_numpy(float))}
+    if "uncalibrated" in summary:
+        bins = {"uncalibrated": summary["uncalibrated"]["reliability"], **bins}
+        curves = {"uncalibrated": (preds["confidence_raw"].to_numpy(float), preds["correct"].to_numpy(float)),
+                  **curves}
     if "votes" in summary:
         k = summary["votes"].get("k")
         bins[f"vote share (K={k})"] = summary["votes"]["reliability"]
         correct = (preds["vote_letter"] == preds["ground_truth_letter"]).to_numpy(float)
         curves[f"vote share (K={k})"] = (preds["vote_share"].to_numpy(float), correct)
     title = f"{summary['name']} (n={summary['n']})"
-    plot_reliability(bins, out_dir / "reliability.png", f"{title}: ECE {summary['ece']:.3f}")
+    ece = f"ECE {summary['uncalibrated']['ece']:.3f} -> {summary['ece']:.3f}" if "uncalibrated" in summary \
+        else f"ECE {summary['ece']:.3f}"
+    plot_reliability(bins, out_dir / "reliability.png", f"{title}: {ece}")
     plot_risk_coverage(curves, out_dir / "risk_coverage.png", title)
 
 
@@ -131,8 +175,13 @@ def print_summary(summary: dict) -> None:
         from ..core.calibration import reading
 
         cov = summary["coverage_at_accuracy"]
-        console.print(f"confidence (letter probability): ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}, "
-                      f"AURC {summary['aurc']:.3f}, coverage at 90/95/99% accuracy "
+        before = summary.get("uncalibrated")
+        temp = (summary.get("calibration") or {}).get("temperature")
+        was = (f" (uncalibrated: ECE {before['ece']:.3f}, Brier {before['brier']:.3f}"
+               + (f"; temperature {temp:.3g})" if temp is not None else "; each fold's temperature)")
+               if before else "")
+        console.print(f"confidence (letter probability, calibrated): ECE {summary['ece']:.3f}, Brier "
+                      f"{summary['brier']:.3f}{was}, AURC {summary['aurc']:.3f}, coverage at 90/95/99% accuracy "
                       f"{cov['0.90']:.2f}/{cov['0.95']:.2f}/{cov['0.99']:.2f}")
         if "votes" in summary:
             v = summary["votes"]
@@ -146,5 +195,7 @@ def print_summary(summary: dict) -> None:
                 thr = "none reaches it" if tr["threshold"] is None else f"{tr['threshold']:.3f}"
                 where = f"threshold {thr}, chosen on {tr['val']['n']} val samples"
             console.print(f"triage at {tr['target_accuracy']:.0%} ({where}): {reading(tr['coverage'], tr['accuracy'])}")
+    elif summary.get("calibration_note"):
+        console.print(f"confidence: {summary['calibration_note']}")
     if summary["includes_train_samples"]:
         console.print("[bold red]warning: these samples include training samples of this adapter[/]")

@@ -59,22 +59,24 @@ def _keys(frame) -> list[tuple[int, int]]:
     return [(int(p), int(c)) for p, c in zip(frame[ID_COLUMNS[0]], frame[ID_COLUMNS[1]], strict=True)]
 
 
-def responses_in_setting(responses, setting: str | None):
-    """(responses asked ``setting``'s question, the setting used, a note). All responses when
-    the result has no setting, or when none was asked its setting (the note says so)."""
+def responses_in_setting(responses, setting: str | None, keys: set):
+    """(responses asked ``setting``'s question, the setting used, a note on the samples
+    ``keys``). All responses when the result has no setting, or when none of them was asked
+    its setting (the note says so)."""
     from ..core.prompts import setting_name
 
-    n = len(responses)
+    mine = responses[[k in keys for k in _keys(responses)]]
     if setting is None or "teacher_with_description" not in responses:
-        return responses, None, f"{n} responses (all prompt settings)"
+        return responses, None, f"{len(mine)} responses (all prompt settings)"
     names = responses["teacher_with_description"].map(setting_name)
     sel = responses[(names == setting).to_numpy()]
-    if not len(sel):
+    n_mine = int((mine["teacher_with_description"].map(setting_name) == setting).sum())
+    if not n_mine:
         present = ", ".join(sorted(set(names)))
-        return responses, None, (f"NO response was asked the result's question ({setting}); all {n} "
+        return responses, None, (f"NO response was asked the result's question ({setting}); all {len(mine)} "
                                  f"responses used ({present})")
-    other = n - len(sel)
-    return sel, setting, (f"{len(sel)} responses {SETTING_WORDS.get(setting, setting)}"
+    other = len(mine) - n_mine
+    return sel, setting, (f"{n_mine} responses {SETTING_WORDS.get(setting, setting)}"
                           + (f" ({other} of another setting left out)" if other else ""))
 
 
@@ -83,12 +85,12 @@ def teacher_answers(preds, responses, setting: str | None = None) -> TeacherAnsw
     from ..core.calibration import vote_distribution
     from ..core.scoring import majority_vote
 
-    sel, used, note = responses_in_setting(responses, setting)
+    keys = _keys(preds)
+    sel, used, note = responses_in_setting(responses, setting, set(keys))
     by_key: dict[tuple[int, int], list] = {}
     for k, a, ok in zip(_keys(sel), _none(sel["teacher_answer"].tolist()),
                         sel["teacher_correct"].astype(bool).tolist(), strict=True):
         by_key.setdefault(k, []).append((a, ok))
-    keys = _keys(preds)
     letters = [[a for a, _ in by_key.get(k, [])] for k in keys]
     right = np.array([np.mean([ok for _, ok in by_key[k]]) if k in by_key else 0.0 for k in keys], dtype=float)
     unparsed = np.array([np.mean([a is None for a in ls]) if ls else 0.0 for ls in letters], dtype=float)

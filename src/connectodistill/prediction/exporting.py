@@ -3,7 +3,7 @@
 For tools that know nothing of adapters (vLLM, a plain ``from_pretrained``). The folder
 holds the merged weights (safetensors, bf16 by default), the config, the run's processor
 (its pixel budget and chat template), the run's prompts (``prompts.parquet``,
-``prompt_templates.json``), ``connectodistill_export.json`` (the run's training_config plus
+``prompt_templates.json``), its temperatures (``calibration.json``), ``connectodistill_export.json`` (the run's training_config plus
 where it came from: ``eval --model`` and ``predict --model`` read it to ask exactly the
 question the student was trained on), and a model card ``README.md`` generated from the run.
 
@@ -78,10 +78,11 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        for name in ("prompts.parquet", "prompt_templates.json"):
+        for name in ("prompts.parquet", "prompt_templates.json", "calibration.json"):
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
-        manifest = {**run_config, "exported_from": str(run), "export_dtype": str(cfg.dtype),
+        calibration = json.loads((run / "calibration.json").read_text()) if (run / "calibration.json").is_file() else None
+        manifest = {**run_config, "calibration": calibration, "exported_from": str(run), "export_dtype": str(cfg.dtype),
                     "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
         (tmp / "README.md").write_text(model_card(manifest, report_rows, cfg.output))
@@ -119,6 +120,16 @@ def _ci(value) -> str:
     return f"[{value[0]:.3f}, {value[1]:.3f}]" if value else ""
 
 
+def _calibration_line(calibration: dict | None) -> str:
+    """The run's temperatures, in a sentence (empty for a run from before calibration)."""
+    if not calibration:
+        return ""
+    modes = [f"{m.replace('_', '-')} T = {calibration[m]['temperature']:.2f}" for m in ("generate", "one_pass")
+             if m in calibration]
+    return (f"Confidence (the letter's probability) is calibrated by temperature scaling fit on "
+            f"{calibration.get('n_val')} val samples: {', '.join(modes)} (`calibration.json`).")
+
+
 def model_card(manifest: dict, report_rows: list[dict], output) -> str:
     """A README.md for the exported folder: what it is, how it was made, how well it does."""
     s = manifest.get("settings", {})
@@ -151,6 +162,9 @@ def model_card(manifest: dict, report_rows: list[dict], output) -> str:
         "## How well it does",
         "",
     ]
+    calibration = _calibration_line(manifest.get("calibration"))
+    if calibration:
+        lines += [calibration, ""]
     if report_rows:
         lines += ["| model | n | accuracy [95% CI] | balanced accuracy [95% CI] | vs teacher (majority vote) |",
                   "| --- | ---: | --- | --- | --- |"]

@@ -54,11 +54,13 @@ def _schema(ensemble: bool) -> pa.Schema:
     fields = [(ID_COLUMNS[0], pa.int64()), (ID_COLUMNS[1], pa.int64()), ("species", pa.string()),
               ("letter", pa.string()), ("description", pa.string()), ("confidence", pa.float64()),
               *[(c, pa.float64()) for c in P_COLUMNS], ("analysis", pa.string()), ("response", pa.string()),
-              ("prompt_source", pa.string()), ("prompt_sha256", pa.string()), ("row", pa.int64())]
+              ("prompt_source", pa.string()), ("prompt_sha256", pa.string()), ("mode", pa.string()),
+              ("row", pa.int64())]
     return pa.schema(fields + ([("fold_letters", pa.string())] if ensemble else []))
 
 
-def chunk_table(chunk, chosen, answers: dict, ensemble: bool, seconds: float, row_offset: int) -> pa.Table:
+def chunk_table(chunk, chosen, answers: dict, ensemble: bool, seconds: float, row_offset: int,
+                mode: str = "generate") -> pa.Table:
     n = len(chunk.rows)
     cols = {
         ID_COLUMNS[0]: [r[ID_COLUMNS[0]] for r in chunk.rows],
@@ -70,7 +72,7 @@ def chunk_table(chunk, chosen, answers: dict, ensemble: bool, seconds: float, ro
         **{c: answers[c] for c in P_COLUMNS},
         "analysis": answers["analysis"], "response": answers["response"],
         "prompt_source": [p.source for p in chosen], "prompt_sha256": [p.sha256 for p in chosen],
-        "row": chunk.row_numbers,
+        "mode": [mode] * n, "row": chunk.row_numbers,
     }
     if ensemble:
         cols["fold_letters"] = answers["fold_letters"]

@@ -12,6 +12,12 @@ metadata) and the outputs are assembled from the chunks at the end, so memory st
 the number of segments, and a rerun after an interruption redoes only the missing chunks.
 ``predict_manifest.json`` records the chunk size, the input's and the model's fingerprints and
 the generation settings; a rerun with other ones is refused (or starts over with ``force``).
+
+Answers come in one of two modes, as in eval: ``generate`` (a rationale, then the letter) or
+``one_pass`` (one forward pass over the question and an opened answer block; the default for
+a run trained with answer rows). Confidence is calibrated by the run's temperature for the
+mode (``calibration.json``). With one-pass triage, ``explain="human"`` generates rationales
+for the segments sent to a human, and only for them.
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ class Plan:
     triage: bool
     triage_note: str | None
     manifest: dict
+    mode: str = "generate"  # or "one_pass"
+    temperatures: list[float] | None = None  # per student, for the mode (1.0: uncalibrated)
+    calibration_note: str = ""
 
     @property
     def n_chunks(self) -> int:
@@ -162,24 +171,61 @@ def triage_threshold(cfg: PredictConfig, dirs: list[Path], kind: str = "adapter"
                     "none of theirs: pass --fold I to triage with that fold's student and threshold, or --threshold T")
 
 
+def answer_mode(cfg: PredictConfig, settings: list[dict]) -> str:
+    """``one_pass`` when asked, or by default for a run trained with answer rows; else ``generate``."""
+    if cfg.one_pass is not None:
+        return "one_pass" if cfg.one_pass else "generate"
+    return "one_pass" if all(s.get("answer_rows") for s in settings) else "generate"
+
+
+def temperatures(dirs: list[Path], mode: str) -> tuple[list[float], str]:
+    """Each student's temperature for ``mode`` from its calibration.json, and where it came from
+    (1.0, uncalibrated, for a student without one)."""
+    from ..training.calibrate import read_calibration
+
+    found = [read_calibration(d) for d in dirs]
+    temps = [float(c[mode]["temperature"]) if c and mode in c else 1.0 for c in found]
+    missing = [d.name for d, c in zip(dirs, found, strict=True) if not c or mode not in c]
+    note = ("fit on val when training ended (calibration.json)" if not missing else
+            f"UNCALIBRATED for {', '.join(missing)}: no calibration.json (trained before calibration existed); "
+            "`connectodistill eval` on the run fits one on its val split")
+    return temps, note
+
+
 def plan(config: PredictConfig | None = None, *, remote: bool = False, **overrides) -> Plan:
     """Check the input, the model and the triage settings; nothing is loaded or written."""
     cfg = resolve(PredictConfig, config, overrides)
     if cfg.shards not in (None, 1) and not remote:
         raise UserError("--shards N splits the input over N Modal containers: add --remote")
     kind, dirs, settings = resolve_students(cfg)
+    mode = answer_mode(cfg, settings)
+    if cfg.explain == "human" and mode != "one_pass":
+        raise UserError("--explain human explains the segments one-pass triage sends to a human: add --one-pass "
+                        "(every generated answer already carries its rationale)")
     source = open_source(cfg.input, cfg.images_dir, config_name=cfg.config_name, split=cfg.dataset_split)
     if source.total == 0:
         raise UserError(f"{cfg.input}: no segments (no rows)")
     on, threshold, note = triage_threshold(cfg, dirs, kind)
+    if cfg.explain == "human" and not on:
+        raise UserError("--explain human needs a triage to know who goes to a human: pass --threshold T or "
+                        "--triage-from EVAL_RESULT")
+    temps, calibration_note = temperatures(dirs, mode)
+    if mode == "one_pass" and not all(s.get("answer_rows") for s in settings):
+        from rich.console import Console
+
+        from ..evaluation.recipe import ONE_PASS_UNTRAINED
+
+        Console(stderr=True).print(f"[yellow]{ONE_PASS_UNTRAINED}[/]", soft_wrap=True)
     manifest = {
         "chunk_size": cfg.chunk_size,
         "input": {"kind": source.kind, "rows": source.total, "row_offset": cfg.row_offset,
                   "fingerprint": source.fingerprint},
         "model": {"kind": kind, "fingerprint": model_fingerprint(kind, dirs)},
-        "generation": {"max_new_tokens": cfg.max_new_tokens, "dry_run": cfg.dry_run},
+        "generation": {"max_new_tokens": cfg.max_new_tokens, "dry_run": cfg.dry_run, "mode": mode,
+                       "explain": cfg.explain, "temperatures": temps,
+                       "threshold": threshold if cfg.explain == "human" else None},
     }
-    return Plan(cfg, source, kind, dirs, settings, threshold, on, note, manifest)
+    return Plan(cfg, source, kind, dirs, settings, threshold, on, note, manifest, mode, temps, calibration_note)
 
 
 def check_output(out: Path, manifest: dict, force: bool) -> None:
@@ -248,6 +294,7 @@ class Student:
             for name, d in zip(self.names[1:], p.students[1:], strict=True):
                 model.load_adapter(str(d), adapter_name=name)
         self.model = model
+        self.mode, self.temperatures, self.threshold = p.mode, p.temperatures or [1.0] * len(self.names), p.threshold
         self.letter_probabilities = None
         if letter_probabilities_available():
             from ..core.generation import letter_probabilities
@@ -255,22 +302,53 @@ class Student:
             self.letter_probabilities = letter_probabilities
 
     def __call__(self, prompts: list[str], images: list[list], layouts: list[str | None]) -> dict:
-        from ..core.generation import generate_answers
+        from ..core.calibration import apply_temperature
+        from ..core.generation import generate_answers, one_pass_probabilities
         from ..core.scoring import option_descriptions, parse_response
 
         per = []
-        for name in self.names:
+        for name, temp in zip(self.names, self.temperatures, strict=True):
             if name is not None:
                 self.model.set_adapter(name)
-            responses = generate_answers(self.model, self.processor, prompts, images, layouts=layouts,
+            if self.mode == "one_pass":
+                probs = one_pass_probabilities(self.model, self.processor, prompts, images, layouts=layouts,
+                                               batch_size=self.cfg.batch_size)
+                responses = [None] * len(prompts)
+                parsed = [(None, LETTERS[j]) for j in probs.argmax(1)]
+            else:
+                responses = generate_answers(self.model, self.processor, prompts, images, layouts=layouts,
+                                             batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens)
+                parsed = [parse_response(r, option_descriptions(q)) for r, q in zip(responses, prompts, strict=True)]
+                probs = None
+                if self.letter_probabilities is not None:
+                    probs = self.letter_probabilities(self.model, self.processor, prompts, images, responses,
+                                                      layouts=layouts, batch_size=self.cfg.batch_size)
+            per.append((responses, parsed, apply_temperature(probs, temp) if probs is not None else None))
+        out = combine(per, ensemble=self.kind == "ensemble")
+        if self.mode == "one_pass" and self.cfg.explain == "human":
+            self._explain(out, prompts, images, layouts)
+        return out
+
+    def _explain(self, out: dict, prompts, images, layouts) -> None:
+        """Rationales for the segments triage sends to a human (and for no other): generated by
+        the student (for an ensemble, the first fold whose one-pass letter is the answer)."""
+        from ..core.calibration import accepted
+        from ..core.generation import generate_answers
+        from ..core.scoring import option_descriptions, parse_response
+
+        human = ~accepted(out["confidence"], self.threshold)
+        by_student: dict[int, list[int]] = {}
+        for i in map(int, human.nonzero()[0]):
+            by_student.setdefault(out["picked"][i], []).append(i)
+        for k, rows in by_student.items():
+            if self.names[k] is not None:
+                self.model.set_adapter(self.names[k])
+            responses = generate_answers(self.model, self.processor, [prompts[i] for i in rows],
+                                         [images[i] for i in rows], layouts=[layouts[i] for i in rows],
                                          batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens)
-            parsed = [parse_response(r, option_descriptions(q)) for r, q in zip(responses, prompts, strict=True)]
-            probs = None
-            if self.letter_probabilities is not None:
-                probs = self.letter_probabilities(self.model, self.processor, prompts, images, responses,
-                                                  layouts=layouts, batch_size=self.cfg.batch_size)
-            per.append((responses, parsed, probs))
-        return combine(per, ensemble=self.kind == "ensemble")
+            for i, r in zip(rows, responses, strict=True):
+                out["response"][i] = r
+                out["analysis"][i] = parse_response(r, option_descriptions(prompts[i]))[0]
 
 
 def letter_probabilities_available() -> bool:
@@ -307,6 +385,7 @@ def combine(per: list[tuple], ensemble: bool) -> dict:
         pick = [next((k for k, x in enumerate(row) if x == le), 0) for row, le in zip(fold_letters, letters,
                                                                                      strict=True)]
     out["letter"] = letters
+    out["picked"] = pick  # the student whose answer (and rationale) stands for each row
     out["analysis"] = [per[k][1][i][0] for i, k in enumerate(pick)]
     out["response"] = [per[k][0][i] for i, k in enumerate(pick)]
     for j, c in enumerate(P_COLUMNS):
@@ -368,7 +447,8 @@ def predict(config: PredictConfig | None = None, *, on_chunk: Callable[[int], No
                 answers = _dry_answers(len(chunk.rows))
             else:
                 answers = student([c.text for c in chosen], chunk.images, [c.layout for c in chosen])
-            table = chunk_table(chunk, chosen, answers, p.kind == "ensemble", time.time() - t1, cfg.row_offset)
+            table = chunk_table(chunk, chosen, answers, p.kind == "ensemble", time.time() - t1, cfg.row_offset,
+                                p.mode)
             import pyarrow.parquet as pq
 
             with atomic_path(chunk_path(out, chunk.index)) as tmp:
@@ -380,7 +460,8 @@ def predict(config: PredictConfig | None = None, *, on_chunk: Callable[[int], No
     seconds = time.time() - t0
     summary = write_outputs(out, [chunk_path(out, i) for i in range(p.n_chunks)], threshold=p.threshold,
                             triage=p.triage, csv_too=cfg.csv, extra_errors=src.bad_lines)
-    summary.update(input=str(cfg.input), input_kind=src.kind, model=_describe(p), model_kind=p.kind,
+    summary.update(input=str(cfg.input), input_kind=src.kind, model=_describe(p), model_kind=p.kind, mode=p.mode,
+                   explain=cfg.explain, calibration={"temperatures": p.temperatures, "source": p.calibration_note},
                    dry_run=cfg.dry_run, chunk_size=cfg.chunk_size, chunks=p.n_chunks,
                    letter_probabilities=not cfg.dry_run and letter_probabilities_available(),
                    triage_from=p.triage_note, seconds=round(seconds, 2),

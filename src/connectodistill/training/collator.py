@@ -19,7 +19,11 @@ class DistillCollator:
 
     The prompt is rendered with the generation prompt and run through the processor with the
     images (so image tokens are expanded exactly as at eval time); the answer is tokenized
-    on its own and appended. Labels are -100 on the prompt, the images and the padding.
+    on its own and appended. Labels are -100 on the prompt, the images and the padding. An
+    answer row (``Example.answer_row``) appends ``<answer>`` as context, then the letter token
+    and ``</answer>`` as one-pass answers read them (``generation.answer_row_ids``): only those
+    and the end are learned, so nothing teaches the student to open its turn with ``<answer>``
+    and plain generation stays rationale-first.
     Image tokens are never truncated: an over-long sample is an error. Logits are computed only
     where the loss reads them (``logits_to_keep`` + ``shift_labels``).
     """
@@ -49,12 +53,19 @@ class DistillCollator:
             )
         images = load_images(ex.row, self.image_cols)
         enc = self.processor(text=[prompt_text], images=images, return_tensors="pt")
-        answer = self.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [self.end_id]
-        n_prompt = enc["input_ids"].shape[1]
+        if ex.answer_row:  # "<answer>" is context; the letter, "</answer>" and the end are learned
+            from ..core.generation import answer_row_ids
+
+            context, answer = answer_row_ids(self.tokenizer, ex.letter)
+            answer = answer + [self.end_id]
+        else:
+            context, answer = [], self.tokenizer(ex.target, add_special_tokens=False)["input_ids"] + [self.end_id]
+        tail = context + answer
+        n_prompt = enc["input_ids"].shape[1] + len(context)
         out = {}
         for k, v in enc.items():
             if torch.is_tensor(v) and v.dim() == 2 and v.shape == enc["input_ids"].shape:
-                extra = {"input_ids": answer, "attention_mask": [1] * len(answer)}.get(k, [0] * len(answer))
+                extra = {"input_ids": tail, "attention_mask": [1] * len(tail)}.get(k, [0] * len(tail))
                 out[k] = torch.cat([v[0], torch.tensor(extra, dtype=v.dtype)])
             else:
                 out[k] = v
@@ -96,4 +107,6 @@ class DistillCollator:
         # batch along dim 0 (nn.DataParallel) splits them with the rows.
         batch["logits_to_keep"] = positions.expand(labels.shape[0], -1).contiguous()
         batch["shift_labels"] = labels[:, positions + 1].contiguous()
+        if any(ex.answer_row for ex in examples):  # multi-task: the trainer weighs the two tasks
+            batch["answer_row"] = torch.tensor([ex.answer_row for ex in examples])
         return batch

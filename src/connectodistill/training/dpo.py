@@ -31,6 +31,7 @@ from ..core.conversation import build_messages, target_text
 from ..core.errors import UserError
 from ..core.prompts import setting_name
 from ..core.task import ID_COLUMNS
+from .calibrate import calibrate_run
 from .examples import Example, build_examples
 
 PAIRS_FILE = "pairs.parquet"
@@ -326,6 +327,8 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
             },
         )
         runs.save_run(run_dir, model=model, processor=processor, data=data, trainer=trainer, config=config)
+        calibrate_run(run_dir, model, processor, data, batch_size=max(cfg.batch_size, 4),
+                      max_new_tokens=cfg.max_new_tokens)
         runs.print_summary("train --method dpo", run_dir, [
             ("pairs", f"{len(pairs)} ({sources['teacher']} teacher, {sources['on-policy']} on-policy) "
                       f"on {len(keyed)} of {len(train_samples)} train samples"),

@@ -23,7 +23,8 @@ from ..core.errors import UserError
 from ..core.prompts import SamplePrompt, choose_setting, first_stored, sample_prompts, setting_name
 from ..core.task import ID_COLUMNS, image_columns, label_column
 
-__all__ = ["Example", "TrainingData", "build_examples", "load_training_data", "pick_rows"]
+__all__ = ["Example", "TrainingData", "answer_rows", "build_examples", "load_training_data",
+           "parse_answer_rows", "pick_rows"]
 
 REQUIRED_COLUMNS = (*ID_COLUMNS, "split", "teacher_analysis", "teacher_correct")
 
@@ -38,6 +39,14 @@ class Example:
     key: tuple[int, int]
     layout: str | None = None  # content-block order of the teacher's prompt
     prompt_source: str = "builtin"
+    # An answer row: the assistant turn is only the answer block (``target`` is
+    # ``<answer>x</answer>``); the collator makes ``<answer>`` context and learns the rest.
+    answer_row: bool = False
+
+    @property
+    def letter(self) -> str:
+        """The letter of the target's answer block."""
+        return self.target[self.target.rindex("<answer>") + len("<answer>")]
 
 
 @dataclass
@@ -190,6 +199,37 @@ def build_examples(rows, data: TrainingData, *, target: str, fill_missing: bool,
         examples.append(Example(row=row, prompt=p.text, target=target_text(letter, analysis), key=_key(row),
                                 layout=p.layout, prompt_source=p.source))
     return examples, skipped
+
+
+def parse_answer_rows(value: str) -> tuple[float, bool]:
+    """``--answer-rows`` -> (share of train samples with answer rows, keep the rationale rows):
+    a number in (0, 1], ``all`` (1.0) or ``only`` (1.0, answer rows alone)."""
+    text = str(value).strip().lower()
+    if text in ("all", "only"):
+        return 1.0, text == "all"
+    try:
+        share = float(text)
+    except ValueError:
+        share = -1.0
+    if not 0 < share <= 1:
+        raise UserError(f"--answer-rows {value}: expected a share of the train samples in (0, 1], all, or only "
+                        "(answer rows alone), e.g. --answer-rows 0.5")
+    return share, True
+
+
+def answer_rows(examples: list[Example], share: float, seed: int) -> list[Example]:
+    """Answer-only twins of the ``examples`` of a ``share`` of their samples (1.0: all): the
+    same row, views and question byte for byte, the assistant turn only ``<answer>x</answer>``
+    with the example's own letter. One twin per example, so a sample weighs the same in both
+    tasks; the samples are drawn with ``seed`` (sorted first: the draw is reproducible)."""
+    import numpy as np
+
+    keys = sorted({ex.key for ex in examples})
+    n = round(share * len(keys))
+    chosen = {keys[i] for i in np.random.default_rng(seed).choice(len(keys), size=n, replace=False)} if n else set()
+    return [Example(row=ex.row, prompt=ex.prompt, target=f"<answer>{ex.letter}</answer>", key=ex.key,
+                    layout=ex.layout, prompt_source=ex.prompt_source, answer_row=True)
+            for ex in examples if ex.key in chosen]
 
 
 def source_counts(items) -> dict[str, int]:

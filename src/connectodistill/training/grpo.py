@@ -30,6 +30,7 @@ from ..core.config import TrainConfig, resolve
 from ..core.conversation import build_messages
 from ..core.errors import UserError
 from ..core.task import ID_COLUMNS, label_column
+from .calibrate import calibrate_run
 from .examples import build_examples
 
 REWARDS_FILE = "rewards.jsonl"
@@ -240,6 +241,8 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
             },
         )
         runs.save_run(run_dir, model=model, processor=processor, data=data, trainer=trainer, config=config)
+        calibrate_run(run_dir, model, processor, data, batch_size=max(cfg.batch_size, 4),
+                      max_new_tokens=cfg.max_new_tokens)
         runs.print_summary("train --method grpo", run_dir, [
             ("prompts", f"{len(rows)} x {cfg.num_generations} completions"),
             ("optimizer steps", str(trainer.state.global_step)),

@@ -15,8 +15,9 @@ from pathlib import Path
 from ..core.config import TrainConfig
 from ..core.errors import UserError
 from . import runs, trainers
-from .collator import DistillCollator
-from .examples import build_examples, load_training_data, source_counts
+from .calibrate import calibrate_run
+from .collator import IGNORE_INDEX, DistillCollator
+from .examples import answer_rows, build_examples, load_training_data, source_counts
 from .runs import run_folder_name
 
 
@@ -43,6 +44,10 @@ def train_sft(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
             f"{merged_path}: no training rows ({len(train_df)} train-split rows, {skipped} without a "
             "correct teacher analysis); use --fill-missing or --target ground-truth"
         )
+    # Multi-task: answer-only twins of the rows of a share of the samples (one-pass answers).
+    n_rationale = len(train_ex) if cfg.rationale_rows else 0
+    if cfg.answer_rows:
+        train_ex = (train_ex if cfg.rationale_rows else []) + answer_rows(train_ex, cfg.answer_rows, cfg.seed)
     test_keys = {tuple(p) for p in splits.get("test", [])}
     if any(ex.key in test_keys for ex in train_ex + val_ex):  # cannot happen; guards the split logic
         raise RuntimeError("a test sample reached the training data")
@@ -101,13 +106,16 @@ def train_sft(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
         config = runs.run_config(
             cfg, method="sft", data=data, processor=processor, model=model, budget=budget,
             merged_path=merged_path, teacher_models=teacher_models, base_model=cfg.model,
-            rows={"train_examples": len(train_ex), "val_examples": len(val_ex),
+            rows={"train_examples": len(train_ex), "rationale_rows": n_rationale,
+                  "answer_rows": len(train_ex) - n_rationale, "val_examples": len(val_ex),
                   "skipped_without_analysis": skipped, "train_split_rows": len(train_df)},
             prompt_sources={"train_examples": source_counts(train_ex), "val_examples": source_counts(val_ex)},
             trainer=trainer, select_by=cfg.select_by if has_val else "last", resume_from=resume_from,
             train_seconds=train_seconds, fold=cfg.fold,
         )
         runs.save_run(run_dir, model=model, processor=processor, data=data, trainer=trainer, config=config)
+        calibrate_run(run_dir, model, processor, data, batch_size=max(cfg.batch_size, 4),
+                      max_new_tokens=cfg.max_new_tokens)
         _print_summary(run_dir, result, trainer, len(train_ex), train_seconds, time.time() - t_start)
     return run_dir
 
@@ -150,6 +158,30 @@ def _make_trainer_class():
                     batch_size=self.args.per_device_eval_batch_size, max_new_tokens=max_new_tokens)
                 self.log({f"{metric_key_prefix}_val_accuracy": metrics[f"{metric_key_prefix}_val_accuracy"]})
             return metrics
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Multi-task batches: each task's mean over its own tokens, summed (distilling
+            # step-by-step's L_label + L_rationale), so a 3-token answer row weighs as much as
+            # a rationale row of hundreds; a plain token mean would drown it.
+            task = inputs.pop("answer_row", None)
+            if task is None or task.all() or not task.any():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            import torch
+
+            inputs.pop("labels", None)
+            shift = inputs.pop("shift_labels")
+            outputs = model(**inputs)
+            per_token = torch.nn.functional.cross_entropy(
+                outputs.logits.float().transpose(1, 2), shift.to(outputs.logits.device),
+                ignore_index=IGNORE_INDEX, reduction="none")
+            valid = shift.to(per_token.device) != IGNORE_INDEX
+            rows = task.to(per_token.device)[:, None]
+            loss = sum(per_token[valid & m].mean() for m in (rows, ~rows))
+            # the Trainer divides by the accumulation steps only a loss it thinks unscaled; this
+            # one is a per-micro-batch mean, so scale it here when the Trainer will not
+            if self.model_accepts_loss_kwargs and num_items_in_batch is not None and model.training:
+                loss = loss / self.current_gradient_accumulation_steps
+            return (loss, outputs) if return_outputs else loss
 
     return _DistillTrainer
 
