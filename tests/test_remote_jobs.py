@@ -100,7 +100,7 @@ def test_a_lost_connection_or_ctrl_c_leaves_the_job_running(user_dir, offline, c
     from modal.exception import ConnectionError
 
     offline.on_spawn = lambda call: setattr(call, "exc_on_get", ConnectionError("Deadline exceeded"))
-    with pytest.raises(UserError, match=r"keeps running: `connectodistill fetch .* --follow`"):
+    with pytest.raises(UserError, match=r"keeps running on Modal: `connectodistill fetch .* --follow`"):
         remote.train_remote(train_cfg(run_name="l"), RC)
     offline.on_spawn = lambda call: setattr(call, "exc_on_get", KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
@@ -144,6 +144,29 @@ def test_detached_jobs_listed_followed_downloaded_and_cancelled(user_dir, offlin
     # A resumed run gets a new call; the old outcome does not stick to it.
     assert remote.train_remote(train_cfg(run_dir=Path(two), resume=True), DETACH) is None
     assert {r["name"]: r["status"] for r in remote.fetch(None, None, RC)}[two] == "running"
+
+
+def test_a_call_cancelled_on_modal_shows_as_cancelled_not_failed(user_dir, offline):
+    """Cancelled from Modal's dashboard (no outcome file of ours): Modal answers RemoteError('')
+    and the call graph says TERMINATED. An OOM-killed call gives the same RemoteError: failed."""
+    offline.hold = True
+    remote.train_remote(train_cfg(run_name="c"), DETACH)
+    remote.train_remote(train_cfg(run_name="m"), DETACH)
+    cancelled, killed = (offline.calls[i]["run_name"] for i in (0, 1))
+    offline.by_id["fc-1"].cancel(terminate_containers=True)
+    offline.by_id["fc-2"].killed = "oom"
+    rows = {r["name"]: r for r in remote.fetch(None, None, RC)}
+    assert (rows[cancelled]["status"], rows[killed]["status"]) == ("cancelled", "failed")
+    with pytest.raises(UserError, match=f"^{cancelled} cancelled on Modal"):
+        remote.fetch(cancelled, None, RC)
+    with pytest.raises(UserError, match=f"^{killed} failed on Modal: .*without a result"):
+        remote.fetch(killed, None, RC)
+    # Waited on, a call cancelled meanwhile ends the wait as cancelled, with one line.
+    offline.hold = False
+    offline.on_spawn = lambda call: call.cancel()
+    with pytest.raises(UserError, match=r"cancelled on Modal") as e:
+        remote.train_remote(train_cfg(run_name="w"), RC)
+    assert "\n" not in str(e.value)
 
 
 def test_fetch_downloads_the_finished_runs_started_here(user_dir, offline, tmp_path):

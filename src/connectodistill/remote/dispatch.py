@@ -26,6 +26,7 @@ from .calls import (
     FINISHED,
     RUNNING,
     CallState,
+    keep_running_on_interrupt,
     modal_errors,
     outcome_of,
     spawn_all,
@@ -145,7 +146,15 @@ def evaluate_many_remote(cfgs: list[EvalConfig], rc: RemoteConfig) -> list[Path]
         runs = boundary.volume(rc.runs_volume)
         calls = [_eval_call(c, rc, runs) for c in cfgs]
         say(f"evaluating {len(calls)} adapters on Modal at once ({calls[0][1].gpu}, one container each)")
-        with boundary.running(remote.app):
+        fan = None
+
+        def started():
+            running = [job.name for h, (_, job, _) in zip(fan.handles, calls, strict=True)
+                       if h.status == RUNNING] if fan is not None else []
+            return f"{len(running)} eval(s) keep running on Modal ({', '.join(running)})" if running else None
+
+        follow = "`connectodistill fetch NAME --follow` downloads each; then rerun the same command to pool them"
+        with keep_running_on_interrupt(started, follow), boundary.running(remote.app):
             for hub in {h for _, _, h in calls if h}:
                 _prefetch(remote, rc, hub)
             fan = spawn_all(remote.evaluate, [{**kw, "call_token": job.token} for kw, job, _ in calls],
@@ -237,8 +246,9 @@ def _submit(remote, fn, kwargs: dict, job: Job, rc: RemoteConfig, runs, hub_mode
     """Weights first (CPU), then spawn in a detached app; wait unless --detach; download."""
     verb = "training" if job.kind == TRAIN_DIR else "evaluating"
     say(f"{verb} {job.name} on Modal ({job.gpu}, at most {_hours(job.timeout)} per attempt)")
-    interrupted, lost, state = False, None, None
-    with boundary.running(remote.app):
+    started = lambda: f"{job.name} (call {job.call_id}) keeps running on Modal" if job.call_id else None  # noqa: E731
+    follow = f"`connectodistill fetch {job.name} --follow` follows it, `--cancel` stops it"
+    with keep_running_on_interrupt(started, follow), boundary.running(remote.app):
         if hub_model:
             _prefetch(remote, rc, hub_model)
         (handle,) = spawn_all(fn, [{**kwargs, "call_token": job.token}]).handles
@@ -251,22 +261,7 @@ def _submit(remote, fn, kwargs: dict, job: Job, rc: RemoteConfig, runs, hub_mode
             return None
         say(f"call {job.call_id}: closing this terminal leaves it running "
             f"(`connectodistill fetch {job.name} --follow` reconnects)")
-        try:
-            state = wait_call(handle.call, WAIT_SLICE_SECONDS)
-        except KeyboardInterrupt:
-            interrupted = True
-        except Exception as e:
-            if not _is_connection_error(e):
-                raise
-            lost = e
-    if interrupted:
-        _say_started(job, "stopped waiting")
-        raise KeyboardInterrupt
-    if lost is not None:
-        raise UserError(f"lost the connection to Modal ({first_line(lost)}); {job.name} keeps running: "
-                        f"`connectodistill fetch {job.name} --follow`") from lost
-    if state is None:  # a detached app.run() swallows a Ctrl-C that came before the wait
-        raise KeyboardInterrupt
+        state = wait_call(handle.call, WAIT_SLICE_SECONDS)
     return _collect(runs, job, state, rc)
 
 
@@ -312,12 +307,6 @@ def _say_started(job: Job, how: str) -> None:
         f"  connectodistill fetch                        # status of every run; downloads finished ones\n"
         f"  connectodistill fetch {job.name} --follow   # stream its logs, then download\n"
         f"  connectodistill fetch {job.name} --cancel   # stop it")
-
-
-def _is_connection_error(e: BaseException) -> bool:
-    from .calls import client_errors
-
-    return isinstance(e, (*client_errors(), OSError)) and not isinstance(e, TimeoutError)
 
 
 def _hours(seconds: int) -> str:
@@ -410,13 +399,10 @@ def remote_check(remote_cfg: RemoteConfig, *, gpu: str | None = None, model: str
     volumes = {mount: getattr(remote_cfg, f"{mount}_volume") for mount in MOUNTS}
     token = uuid.uuid4().hex
     say(f"checking Modal with app {remote_cfg.app_name} on {gpu or 'CPU'} (builds the image the first time)")
-    first = second = None
     with modal_errors(remote_cfg), boundary.running(remote.app, detach=False):
         first = boundary.call(remote.check, step="write", token=token, volumes=volumes, model=model,
                               expect_gpu=gpu is not None)
         second = boundary.call(remote.check, step="read", token=token, volumes=volumes)
-    if second is None:  # app.run() swallowed a Ctrl-C
-        raise KeyboardInterrupt
     checks = [*first["checks"], *second["checks"]]
     locked = read_lock().pins
     drift = [f"{lib} {v} (lock: {locked[lib.replace('_', '-')]})" for lib, v in first["versions"].items()
