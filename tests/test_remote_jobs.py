@@ -298,3 +298,34 @@ def test_ctrl_c_while_the_weights_download_stops_before_any_gpu(user_dir, offlin
 def test_fetch_of_a_volume_that_does_not_exist_is_one_line(offline):
     with pytest.raises(UserError, match="Volume 'nope' not found.*volumes are created by the first"):
         remote.fetch(None, None, RemoteConfig(runs_volume="nope"))
+
+
+# ----------------------------------------------------------------------------- no GPU, no run
+def test_a_gpu_container_without_a_gpu_fails_before_loading_anything(user_dir, offline, monkeypatch):
+    """Modal hands out a container whose CUDA does not work (here: this CPU machine, seen as a
+    Modal container): one line naming the container and the GPU, the outcome says so, nothing
+    trained, evaluated or predicted on the CPU."""
+    from connectodistill.evaluation import recipe as evaluation
+    from connectodistill.prediction import recipe as prediction
+    from connectodistill.training import recipe as training
+
+    def loaded(*a, **kw):
+        raise AssertionError("loaded something on a container without a GPU")
+
+    monkeypatch.setattr(container, "in_modal_container", lambda: True)
+    for module, name in ((training, "train"), (evaluation, "evaluate"), (prediction, "predict")):
+        monkeypatch.setattr(module, name, loaded)
+    with pytest.raises(UserError) as e:
+        remote.train_remote(train_cfg(run_name="g"), RC.model_copy(update={"gpu": "H100"}))
+    line = str(e.value)
+    assert "the train container of" in line and "asked Modal for H100 and has no working GPU" in line
+    assert "nothing was loaded" in line and "remote check --gpu" in line and "\n" not in line
+    (row,) = remote.fetch(None, None, RC)
+    assert (row["status"], row["reason"]) == ("failed", "no gpu")
+    with pytest.raises(UserError, match="the eval container of base asked Modal for L4 and has no working GPU"):
+        remote.evaluate_remote(EvalConfig(base_model="students/tiny", name="base"), RC.model_copy(update={"eval_gpu": "L4"}))
+    got = container.predict_in_container({}, {}, "p", 0, gpu="H100")
+    assert (got["status"], got["reason"], got["shard"]) == ("failed", "no gpu", 0)
+    # The same bodies run here through .local() (not a Modal container): no check.
+    monkeypatch.setattr(container, "in_modal_container", lambda: False)
+    assert container.missing_gpu("train", "x", "H100") is None

@@ -101,7 +101,7 @@ def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | Non
         links = training_links(train_cfg, remote_cfg, model_dir)
         kwargs = dict(settings=train_cfg.model_dump(mode="json"), links=links, run_name=run_name,
                       gpus=res.train_gpus, runs_volume=remote_cfg.runs_volume,
-                      models_volume=remote_cfg.models_volume)
+                      models_volume=remote_cfg.models_volume, gpu=res.train_gpu)
         local_dir = Path(train_cfg.run_dir) if train_cfg.run_dir else Path(train_cfg.output_dir) / run_name
         job = Job(TRAIN_DIR, run_name, str(local_dir), res.train_gpu, res.train_timeout)
         return _submit(remote, remote.train, kwargs, job, remote_cfg, runs,
@@ -228,7 +228,7 @@ def _eval_call(eval_cfg: EvalConfig, remote_cfg: RemoteConfig, runs) -> tuple[di
         raise UserError(f"an eval named {name} is still running on Modal: wait for it "
                         f"(`connectodistill fetch {name} --follow`) or pass --name")
     kwargs = dict(settings={**eval_cfg.model_dump(mode="json"), "name": name}, links=links,
-                  runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume)
+                  runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume, gpu=res.eval_gpu)
     job = Job(EVAL_DIR, name, str(local_dir), res.eval_gpu, res.eval_timeout)
     return kwargs, job, base_model if base_model and base_local is None else None
 

@@ -106,7 +106,7 @@ def train_many(jobs: list[TrainJob], rc: RemoteConfig, record_dir: Path, *, max_
         model = jobs[0].cfg.model
         links = training_links(jobs[0].cfg, rc, Path(model) if Path(model).exists() else None)
         kwargs = [dict(settings=j.cfg.model_dump(mode="json"), links=links, run_name=j.name, gpus=res.train_gpus,
-                       runs_volume=rc.runs_volume, models_volume=rc.models_volume) for j in jobs]
+                       runs_volume=rc.runs_volume, models_volume=rc.models_volume, gpu=res.train_gpu) for j in jobs]
         fan = None
 
         def started():

@@ -256,7 +256,7 @@ def _shard_kwargs(cfg: PredictConfig, p, out: Path, rc: RemoteConfig, name: str,
                     row_offset=rng[0], shards=None, csv=False, force=False, threshold=None, triage_from=None,
                     config_name=None, dataset_split=None, progress=False)
     return dict(settings=settings, links={**links, shard: key}, name=name, shard=k, runs_volume=rc.runs_volume,
-                models_volume=rc.models_volume)
+                models_volume=rc.models_volume, gpu=resources(rc).eval_gpu)
 
 
 # ============================================================================ calls
