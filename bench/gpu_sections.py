@@ -1,4 +1,5 @@
-"""bench/gpu.py's measurement sections: training, small budget, memory, generation, 4-bit.
+"""bench/gpu.py's measurement sections: training, small budget, memory, generation, 4-bit, and
+data preparation on one thread.
 
 Each section gets the run's context (``Ctx``), appends rows to its part of the report and
 saves the report after every row, so a section cut short by the budget or an OOM still
@@ -281,6 +282,34 @@ def section_generation(ctx: Ctx, sec: dict, report: Report) -> None:
     release()
 
 
+def section_data_prep(ctx: Ctx, sec: dict, report: Report) -> None:
+    """The collator alone on ONE torch thread (accelerate's per-process setting; a Modal container
+    reserving no CPU has a fraction of a core): what every step waits for with no data loader
+    workers, at the run's views and budget. ``workers_to_hide`` (the train row of the same batch):
+    workers needed so that batches come as fast as the GPU takes them."""
+    import torch
+    from loader import collator_seconds
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        collator, _, budget = collator_for(ctx, ctx.args.max_pixels)
+        steps = {r["batch_size"]: r.get("model_step_s") for r in report.doc["sections"]["train"]["rows"]}
+        for bs in ctx.args.batch_sizes:
+            times = sorted(collator_seconds(collator, ctx.examples, bs, ctx.args.data_batches))
+            median = times[len(times) // 2]
+            row = {"batch_size": bs, "threads": 1, "pixel_budget": budget, "batches": len(times),
+                   "collator_s": round(median, 4), "per_sample_s": round(median / bs, 4),
+                   "gpu_step_s": steps.get(bs)}
+            row["workers_to_hide"] = math.ceil(median / steps[bs]) if steps.get(bs) else None
+            sec["rows"].append(row)
+            print(f"  data prep, 1 thread, batch {bs}: {row['collator_s']} s per batch "
+                  f"({row['per_sample_s']} s per sample); GPU step {fmt(row['gpu_step_s'], 3)} s", flush=True)
+            report.save()
+    finally:
+        torch.set_num_threads(threads)
+
+
 def section_4bit(ctx: Ctx, sec: dict, report: Report) -> None:
     if not ctx.device.startswith("cuda"):
         sec["status"] = "skipped: 4-bit (bitsandbytes) needs a CUDA GPU"
@@ -383,6 +412,10 @@ def print_table(doc: dict) -> None:
         lines.append(f"{'generation':<20}{r['pixel_budget']['max_pixels']:>9}{r['batch_size']:>6}"
                      f"{fmt(r['wall_s'], 2):>9}{fmt(r['samples_per_s']):>9}"
                      f"{fmt(r['new_tokens_per_s'], 0):>10}{'':>7}{fmt(r.get('peak_memory_gib')):>10}")
+    for r in secs.get("data_prep", {}).get("rows", []):
+        lines.append(f"{'data prep, 1 thread':<20}{r['pixel_budget']['max_pixels']:>9}{r['batch_size']:>6}"
+                     f"{fmt(r['collator_s'], 3):>9}  collator s/batch; workers to keep up: "
+                     f"{fmt(r.get('workers_to_hide'))}")
     mem = secs.get("memory", {}).get("rows", [])
     if mem:
         lines.append("peak memory GiB (allocated / reserved) by pixel budget x batch:")

@@ -214,6 +214,7 @@ def train(
         None, "--balance-classes", help="grpo: draw every class's samples equally often (rare classes repeated)."
     ),
     seed: int = typer.Option(None, help="Seed.  [default: 42]"),
+    num_workers: int = typer.Option(None, help="Data loader processes decoding the views.  [default: from the CPU count on a GPU, 0 on the CPU]"),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=GPU_HELP),
     timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 14400, 4 h)."),

@@ -94,6 +94,9 @@ class TrainConfig(_Config):
     resume: bool = False
     seed: int = 42
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+    # Processes that decode the views and run the image processor beside the training loop, so the
+    # GPU does not wait for them. None: from the CPU count on a GPU (training.trainers), 0 on the CPU.
+    num_workers: int | None = Field(None, ge=0, description="Data loader worker processes.")
     logging_steps: int = Field(5, ge=1)
     progress: bool = True
     # The recipe: sft (training.py), dpo (dpo.py) or grpo (grpo.py). dpo and grpo continue the

@@ -35,6 +35,12 @@ PREFETCH_TIMEOUT, CHECK_TIMEOUT = 3600, 600
 # never retried; preemptions are restarted by Modal without counting as retries.
 TRAIN_RETRIES, EVAL_RETRIES, PREFETCH_RETRIES = 2, 1, 2
 RETRY_DELAY = 30.0
+# Per GPU, what each GPU function reserves beside it (Modal's default is 0.125 core and 128 MiB:
+# the views would then be decoded on a fraction of a core while the GPU waits). Six cores: the
+# training loop, up to four data loader workers (training.trainers.MAX_WORKERS) and the rest;
+# 32 GiB: the process, its workers, a chunk of decoded views. Billed beside the GPU (about 8% of
+# an H100's price), and a request, not a limit.
+CPU_PER_GPU, MEMORY_PER_GPU_MIB = 6.0, 32 * 1024
 
 # The image's exact versions (constraints resolved for PLATFORM by uv; see lock.py).
 LOCK_FILE = Path(__file__).with_name("modal-image.lock")
@@ -75,6 +81,17 @@ class Resources:
     train_timeout: int
     eval_gpu: str
     eval_timeout: int
+
+    @property
+    def train_host(self) -> tuple[float, int]:
+        """(cores, MiB) the training container reserves: per GPU."""
+        return CPU_PER_GPU * self.train_gpus, MEMORY_PER_GPU_MIB * self.train_gpus
+
+    @property
+    def eval_host(self) -> tuple[float, int]:
+        """(cores, MiB) an eval or predict container reserves: per GPU (one GPU unless --gpu says more)."""
+        count = parse_gpu(self.eval_gpu)[1]
+        return CPU_PER_GPU * count, MEMORY_PER_GPU_MIB * count
 
 
 def resources(rc: RemoteConfig) -> Resources:
@@ -232,14 +249,18 @@ def declare(remote_cfg: RemoteConfig, *, use_wandb: bool = False, environ=None,
     def retries(n: int, delay: float = RETRY_DELAY):
         return modal.Retries(max_retries=n, initial_delay=delay)
 
+    (train_cpu, train_mib), (eval_cpu, eval_mib) = res.train_host, res.eval_host
     return Remote(
         app=app,
-        train=app.function(gpu=res.train_gpu, timeout=res.train_timeout, retries=retries(TRAIN_RETRIES),
-                           single_use_containers=True, **common)(container.train_in_container),
-        evaluate=app.function(gpu=res.eval_gpu, timeout=res.eval_timeout, retries=retries(EVAL_RETRIES),
-                              single_use_containers=True, **common)(container.evaluate_in_container),
-        predict=app.function(gpu=res.eval_gpu, timeout=res.eval_timeout, retries=retries(EVAL_RETRIES),
-                             single_use_containers=True, **common)(container.predict_in_container),
+        train=app.function(gpu=res.train_gpu, cpu=train_cpu, memory=train_mib, timeout=res.train_timeout,
+                           retries=retries(TRAIN_RETRIES), single_use_containers=True,
+                           **common)(container.train_in_container),
+        evaluate=app.function(gpu=res.eval_gpu, cpu=eval_cpu, memory=eval_mib, timeout=res.eval_timeout,
+                              retries=retries(EVAL_RETRIES), single_use_containers=True,
+                              **common)(container.evaluate_in_container),
+        predict=app.function(gpu=res.eval_gpu, cpu=eval_cpu, memory=eval_mib, timeout=res.eval_timeout,
+                             retries=retries(EVAL_RETRIES), single_use_containers=True,
+                             **common)(container.predict_in_container),
         prefetch=app.function(cpu=4.0, memory=8192, timeout=PREFETCH_TIMEOUT, retries=retries(PREFETCH_RETRIES, 10.0),
                               volumes={"/models": volumes["/models"]}, secrets=[hf] if hf else [],
                               include_source=False)(container.prefetch_in_container),
