@@ -215,12 +215,13 @@ def train(
     ),
     seed: int = typer.Option(None, help="Seed.  [default: 42]"),
     num_workers: int = typer.Option(None, help="Data loader processes decoding the views.  [default: from the CPU count on a GPU, 0 on the CPU]"),
+    save_steps: int = typer.Option(None, help="Also a checkpoint every N optimizer steps (0: epoch ends only).  [default: 20 for grpo, 100 for dpo, 0 for sft]"),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=GPU_HELP),
     timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 14400, 4 h)."),
     detach: bool = typer.Option(None, "--detach", help=DETACH_HELP),
     max_parallel: int = typer.Option(None, help="With --remote and --folds/--sweep: containers at once.  [default: all]"),
-    yes: bool = typer.Option(None, "--yes", "-y", help="With --remote: start a fan-out without asking."),
+    yes: bool = typer.Option(None, "--yes", "-y", help="With --remote: start a fan-out without asking, or a dpo/grpo run estimated to outrun --timeout."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """LoRA fine-tune the student on merge's train rows; select on val rows; never touch test."""

@@ -47,6 +47,9 @@ class MergeConfig(_Config):
 
 # Continuing a trained student takes smaller steps than SFT from scratch (bench/README.md, methods).
 METHOD_LEARNING_RATE = {"sft": 2e-4, "dpo": 5e-5, "grpo": 1e-4}
+# Optimizer steps between checkpoints besides each epoch's end (None: epoch ends only). A GRPO
+# step of the 8B student generates its completions first (~20 s); a DPO step is a few seconds.
+METHOD_SAVE_STEPS = {"sft": None, "dpo": 100, "grpo": 20}
 
 
 class TrainConfig(_Config):
@@ -98,6 +101,9 @@ class TrainConfig(_Config):
     # GPU does not wait for them. None: from the CPU count on a GPU (training.trainers), 0 on the CPU.
     num_workers: int | None = Field(None, ge=0, description="Data loader worker processes.")
     logging_steps: int = Field(5, ge=1)
+    # A checkpoint every N optimizer steps too, so that a retried attempt resumes near where the
+    # last one stopped. None: the method's default (METHOD_SAVE_STEPS); 0: epoch ends only.
+    save_steps: int | None = Field(None, ge=0)
     progress: bool = True
     # The recipe: sft (training.py), dpo (dpo.py) or grpo (grpo.py). dpo and grpo continue the
     # SFT student of `from_run` (its adapter, base model, processor, prompts, splits).

@@ -5,6 +5,7 @@ Declaring touches no network: nothing is sent until ``app.run()`` (in :mod:`.bou
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.config import RemoteConfig
+from ..core.config import RemoteConfig, TrainConfig
 from ..core.errors import UserError
 from . import container
 
@@ -105,6 +106,34 @@ def resources(rc: RemoteConfig) -> Resources:
         if seconds > MAX_TIMEOUT:
             raise UserError(f"--timeout {seconds} exceeds Modal's limit of {MAX_TIMEOUT} s (24 h)")
     return res
+
+
+def duration(seconds: float) -> str:
+    """``4 h``, ``10 min``."""
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+
+
+def guard_budget(cfgs: list[TrainConfig], rc: RemoteConfig, res: Resources) -> None:
+    """Before a dpo/grpo run is spawned: say how long it will take (steps x completion budget,
+    ``training.budget``), and refuse one whose estimate exceeds the timeout of one attempt
+    unless ``--timeout`` is raised or ``--yes`` given. Folds and sweep points: the longest."""
+    from ..training.budget import estimate_run
+    from ..training.trainers import save_steps
+
+    estimates = [(e, c) for c in cfgs if c.method in ("dpo", "grpo") and (e := estimate_run(c, res.train_gpus))]
+    if not estimates:
+        return
+    est, cfg = max(estimates, key=lambda x: x[0].seconds)
+    print(f"estimate: {est.line()}; timeout {duration(res.train_timeout)} per attempt", file=sys.stderr, flush=True)
+    if est.seconds <= res.train_timeout or rc.yes or cfg.resume:  # a resumed run is partly done
+        return
+    every = save_steps(cfg)
+    need = min(MAX_TIMEOUT, 3600 * math.ceil(1.25 * est.seconds / 3600))
+    raise UserError(
+        f"{est.method}: the estimated {est.seconds / 3600:.1f} h exceed the {duration(res.train_timeout)} timeout of "
+        f"one attempt: raise --timeout (e.g. --timeout {need}), shorten the run (--epochs, --num-samples, "
+        "--num-generations, --max-completion-length), or pass --yes to start it anyway"
+        + (f" (a checkpoint every {every} steps: a retried attempt resumes from it)" if every else ""))
 
 
 # ============================================================================ the image

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from ..core.config import EvalConfig, RemoteConfig, TrainConfig
 from ..core.errors import UserError
 from . import boundary
-from .app import declare, read_lock, resources
+from .app import declare, duration, guard_budget, read_lock, resources
 from .calls import (
     FAILED,
     FINISHED,
@@ -93,6 +93,7 @@ def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | Non
     if not merged.is_file():
         raise UserError(f"merged dataset not found: {merged} (run `connectodistill merge` first)")
     model_dir = _local_input(train_cfg.model, "model")
+    guard_budget([train_cfg], remote_cfg, res)
     remote = declare(remote_cfg, use_wandb=train_cfg.use_wandb)
 
     with modal_errors(remote_cfg):
@@ -245,7 +246,7 @@ def _ask(question: str) -> bool:
 def _submit(remote, fn, kwargs: dict, job: Job, rc: RemoteConfig, runs, hub_model: str | None) -> Path | None:
     """Weights first (CPU), then spawn in a detached app; wait unless --detach; download."""
     verb = "training" if job.kind == TRAIN_DIR else "evaluating"
-    say(f"{verb} {job.name} on Modal ({job.gpu}, at most {_hours(job.timeout)} per attempt)")
+    say(f"{verb} {job.name} on Modal ({job.gpu}, at most {duration(job.timeout)} per attempt)")
     started = lambda: f"{job.name} (call {job.call_id}) keeps running on Modal" if job.call_id else None  # noqa: E731
     follow = f"`connectodistill fetch {job.name} --follow` follows it, `--cancel` stops it"
     with keep_running_on_interrupt(started, follow), boundary.running(remote.app):
@@ -307,10 +308,6 @@ def _say_started(job: Job, how: str) -> None:
         f"  connectodistill fetch                        # status of every run; downloads finished ones\n"
         f"  connectodistill fetch {job.name} --follow   # stream its logs, then download\n"
         f"  connectodistill fetch {job.name} --cancel   # stop it")
-
-
-def _hours(seconds: int) -> str:
-    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def _only_a_stub(folder: Path) -> bool:

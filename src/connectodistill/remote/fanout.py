@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from ..core.config import RemoteConfig, TrainConfig
 from ..core.errors import UserError
 from . import boundary
-from .app import declare, resources
+from .app import declare, guard_budget, resources
 from .calls import (
     FAILED,
     FINISHED,
@@ -95,6 +95,7 @@ def train_many(jobs: list[TrainJob], rc: RemoteConfig, record_dir: Path, *, max_
     if not jobs:
         return {}
     say(estimate(jobs, rc))
+    guard_budget([j.cfg for j in jobs], rc, resources(rc))
     if confirm is not None and not confirm("start them?"):
         raise UserError("not started (answer yes, or pass --yes)")
     remote = declare(rc, use_wandb=jobs[0].cfg.use_wandb)

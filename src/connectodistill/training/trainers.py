@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..core.config import TrainConfig
 
-__all__ = ["data_workers", "default_workers", "gradient_checkpointing", "lazy_image_dataset", "selection",
-           "trainer_arguments", "val_accuracy", "with_val_accuracy"]
+__all__ = ["data_workers", "default_workers", "gradient_checkpointing", "lazy_image_dataset", "save_steps",
+           "selection", "step_checkpoints", "trainer_arguments", "val_accuracy", "with_val_accuracy"]
 
 # Enough to keep one GPU fed: the collator takes ~0.6 s per batch of two 1024 px samples on one
 # core (bench/README.md, loader) against a ~0.7 s 8B step per GPU; more only costs memory.
@@ -96,6 +96,34 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
         dataloader_persistent_workers=workers > 0,
         disable_tqdm=not cfg.progress,
     )
+
+
+def save_steps(cfg: TrainConfig) -> int | None:
+    """Optimizer steps between checkpoints (None: only at epoch ends)."""
+    from ..core.config import METHOD_SAVE_STEPS
+
+    n = METHOD_SAVE_STEPS.get(cfg.method) if cfg.save_steps is None else cfg.save_steps
+    return n or None
+
+
+def step_checkpoints(cfg: TrainConfig) -> list:
+    """A callback saving a checkpoint every :func:`save_steps` optimizer steps, on top of the epoch
+    ends (a retried attempt resumes from the last one). A callback, not ``save_strategy="steps"``:
+    with the kept weights chosen on val (``load_best_model_at_end``) the Trainer wants evaluation
+    on the same schedule as saving, and an evaluation (greedy val answers) every few steps would
+    cost more than the checkpoints save."""
+    n = save_steps(cfg)
+    if not n:
+        return []
+    from transformers import TrainerCallback
+
+    class EveryNSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % n == 0:
+                control.should_save = True
+            return control
+
+    return [EveryNSteps()]
 
 
 def selection(cfg: TrainConfig, *, val_samples: int, val_loss: bool) -> tuple[str, str | None, bool | None]:
