@@ -143,7 +143,8 @@ class EvalConfig(_Config):
     merged: Path | None = None
     split: Literal["train", "val", "test", "all"] | None = None
     num_samples: int | None = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
+    # None: from the GPU's free memory on CUDA, 4 on the CPU (modeling.generation_batch).
+    batch_size: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(1024, ge=1)
     max_pixels: int | None = Field(None, ge=1)
     min_pixels: int | None = Field(None, ge=1)
@@ -194,7 +195,7 @@ class PredictConfig(_Config):
     # Segments per chunk: decoded views of one chunk are held at once (64 x 3 views of 1024x1024
     # RGB is ~0.6 GB); results are written, and resumed, a chunk at a time.
     chunk_size: int = Field(64, ge=1)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # None: from GPU memory on CUDA, 4 on the CPU
     max_new_tokens: int = Field(1024, ge=1)
     load_in_4bit: bool = False
     dry_run: bool = False  # read, check and prompt every segment; no model
