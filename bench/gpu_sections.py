@@ -278,6 +278,43 @@ def section_generation(ctx: Ctx, sec: dict, report: Report) -> None:
         print_row(row, kind="gen")
         report.save()
     sec.pop("_last_s_per_token_batch", None)
+    # As eval and predict run it on CUDA: the LoRA merged into the weights at load, at the
+    # largest batch above, then at the batch modeling.generation_batch chooses from the memory
+    # left (for 1024 new tokens; generated here with gen_new_tokens).
+    model = ctx.modeling.merge_lora(model)
+    sizes = [("merged", max(ctx.args.gen_batch_sizes))]
+    if ctx.device.startswith("cuda"):
+        release()
+        chosen, info = ctx.modeling.choose_batch_size(model, views=len(ctx.image_cols),
+                                                      max_pixels=budget["max_pixels"], new_tokens=1024)
+        sec["chosen_batch"] = {"batch_size": chosen, "for_new_tokens": 1024, **info}
+        sizes.append(("merged, chosen batch", chosen))
+    for label, bs in sizes:
+        if ctx.budget.left() < 30:
+            sec.setdefault("notes", []).append(f"{label} {bs}: skipped, out of time")
+            continue
+        images_bs = [images[i % len(images)] for i in range(bs)]
+        prompts_bs = [prompts[i % len(prompts)] for i in range(bs)]
+        ctx.mem.reset()
+        t = time.perf_counter()
+        try:
+            ctx.generate_answers(model, processor, prompts_bs, images_bs, batch_size=bs,
+                                 max_new_tokens=ctx.args.gen_new_tokens)
+            ctx.mem.sync()
+            wall = time.perf_counter() - t
+            row = {"batch_size": bs, "lora_merged": True, "what": label, "wall_s": round(wall, 3),
+                   "samples_per_s": round(bs / wall, 3),
+                   "new_tokens_per_s": round(bs * ctx.args.gen_new_tokens / wall, 1), **ctx.mem.peak()}
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            row = {"batch_size": bs, "lora_merged": True, "what": label, "error": "out of memory"}
+            release()
+        sec.setdefault("merged_rows", []).append(row)
+        print(f"  {label}: " + (row.get("error") or f"batch {bs}, {row['samples_per_s']} samples/s, "
+                                 f"{row['new_tokens_per_s']} new tokens/s, peak {fmt(row.get('peak_memory_gib'))} GiB"),
+              flush=True)
+        report.save()
     del model
     release()
 
@@ -412,6 +449,13 @@ def print_table(doc: dict) -> None:
         lines.append(f"{'generation':<20}{r['pixel_budget']['max_pixels']:>9}{r['batch_size']:>6}"
                      f"{fmt(r['wall_s'], 2):>9}{fmt(r['samples_per_s']):>9}"
                      f"{fmt(r['new_tokens_per_s'], 0):>10}{'':>7}{fmt(r.get('peak_memory_gib')):>10}")
+    for r in secs.get("generation", {}).get("merged_rows", []):
+        if r.get("error"):
+            lines.append(f"{'gen, LoRA merged':<20}{'':>9}{r['batch_size']:>6}  {r['error']}")
+            continue
+        lines.append(f"{'gen, LoRA merged':<20}{'':>9}{r['batch_size']:>6}{fmt(r['wall_s'], 2):>9}"
+                     f"{fmt(r['samples_per_s']):>9}{fmt(r['new_tokens_per_s'], 0):>10}{'':>7}"
+                     f"{fmt(r.get('peak_memory_gib')):>10}")
     for r in secs.get("data_prep", {}).get("rows", []):
         lines.append(f"{'data prep, 1 thread':<20}{r['pixel_budget']['max_pixels']:>9}{r['batch_size']:>6}"
                      f"{fmt(r['collator_s'], 3):>9}  collator s/batch; workers to keep up: "

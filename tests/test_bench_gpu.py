@@ -80,6 +80,9 @@ def test_generation_rows(smoke):
     for r in sec["rows"]:
         assert _finite_positive(r["samples_per_s"]) and _finite_positive(r["new_tokens_per_s"])
         assert r["responses"] == r["batch_size"] and r["new_tokens_per_sample"] == 8
+    (merged,) = sec["merged_rows"]  # the LoRA merged, as eval runs it on CUDA; no chosen batch on CPU
+    assert merged["lora_merged"] is True and merged["batch_size"] == max(doc["settings"]["gen_batch_sizes"])
+    assert _finite_positive(merged["samples_per_s"]) and "chosen_batch" not in sec
 
 
 def test_memory_table(smoke):

@@ -55,8 +55,11 @@ def estimate(cfg: TrainConfig, *, train_letters: list[str], val_samples: int, gp
         return None
     per_gpu = cfg.batch_size * cfg.gradient_accumulation  # sequences (GRPO) or pairs (DPO) per GPU and step
     tokens = completion_tokens(cfg)
-    val_batches = -(-val_samples // max(cfg.batch_size, 4)) if cfg.select_by != "last" else 0
-    val = cfg.epochs * val_batches * cfg.max_new_tokens * DECODE_S_PER_TOKEN  # greedy val answers per epoch
+    # Greedy val answers each epoch when the kept weights are chosen on val accuracy (GRPO's
+    # val_loss means that too: it has no held-out loss; DPO's val loss is a cheap forward pass).
+    greedy_val = cfg.select_by == "val_accuracy" or (cfg.method == "grpo" and cfg.select_by != "last")
+    val_batches = -(-val_samples // max(cfg.batch_size, 4)) if greedy_val else 0
+    val = cfg.epochs * val_batches * cfg.max_new_tokens * DECODE_S_PER_TOKEN
     if cfg.method == "grpo":
         counts = {x: train_letters.count(x) for x in set(train_letters)}
         prompts = len(counts) * max(counts.values(), default=0) if cfg.balance_classes else len(train_letters)
