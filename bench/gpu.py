@@ -12,6 +12,8 @@ sample through the project's own collator (``training.DistillCollator``), proces
   small pixel budget;
 - memory: peak memory against pixel budget and batch size (which Modal GPU fits what);
 - generation: batched greedy eval at batch 1, 4, 16 with 256 new tokens;
+- data preparation: the collator alone on one CPU thread (what a step waits for without data
+  loader workers; compare Modal's default fraction of a core), per training batch size;
 - 4-bit: bitsandbytes NF4 load (``modeling.load_model(load_in_4bit=True)``) of a saved random
   checkpoint and one training step, if bitsandbytes imports (else the JSON says why).
 
@@ -19,9 +21,10 @@ sample through the project's own collator (``training.DistillCollator``), proces
     python bench/gpu.py --smoke --output /tmp/gpu.json    # tiny config, CPU, ~20 s (the test)
 
 Every section has a time estimate and the whole run a budget (``--budget-s``, default 420 s
-so that it ends inside 8 minutes on one H200): a section that no longer fits is skipped with
-a note, and the JSON is rewritten after every measurement, so a run that is cut short still
-leaves its figures.
+so that it ends inside 8 minutes on one H200); the estimates sum under the budget (checked by
+tests/test_bench_gpu.py), so every section runs. A section that no longer fits all the same is
+skipped with a note, and the JSON is rewritten after every measurement, so a run that is cut
+short still leaves its figures.
 
 Wheels to carry to the GPU machine (it has torch, transformers, peft, accelerate, typer,
 pandas, pyarrow, pillow, torchvision, but no pydantic, datasets or bitsandbytes): pydantic,
@@ -76,6 +79,7 @@ from gpu_sections import (  # noqa: E402
     Ctx,
     print_table,
     section_4bit,
+    section_data_prep,
     section_generation,
     section_memory,
     section_small_budget,
@@ -90,16 +94,20 @@ DEFAULT_OUTPUT = ROOT / "bench" / "results" / "gpu.json"
 FULL = dict(image_size=1024, max_pixels=None, small_pixels=256 * 256, batch_sizes="1,2,4",
             steps=10, warmup=2, gen_batch_sizes="1,4,16", gen_new_tokens=256,
             memory_pixels="65536,262144,1048576", memory_batch_sizes="1,2,4,8",
-            target_chars=800, budget_s=420.0)
+            target_chars=800, budget_s=420.0, data_batches=3)
 SMOKE = dict(image_size=64, max_pixels=64 * 64, small_pixels=32 * 32, batch_sizes="1,2",
              steps=2, warmup=1, gen_batch_sizes="1,2", gen_new_tokens=8,
              memory_pixels="1024,4096", memory_batch_sizes="1,2", target_chars=200,
-             budget_s=120.0)
-SECTIONS = ("train", "train_small_budget", "memory", "generation", "train_tune_vision",
+             budget_s=120.0, data_batches=2)
+SECTIONS = ("train", "data_prep", "train_small_budget", "memory", "generation", "train_tune_vision",
             "quantized_4bit")
-# Rough seconds each section takes on one H200 (skipped when less than this is left).
-ESTIMATE_S = {"train": 90, "train_small_budget": 15, "memory": 45, "generation": 60,
-              "train_tune_vision": 70, "quantized_4bit": 150}
+# Rough seconds each section takes on one H200 (skipped when less than this is left), from the
+# work each does at ~40% of the H200's bf16 rate plus building the 8B model (not yet measured:
+# a run's JSON records each section's seconds, which should replace these). They sum under
+# FULL["budget_s"] (tests/test_bench_gpu.py), so that a full run reaches every section: 405 s.
+# The 4-bit section: a 17.5 GB random checkpoint written, loaded in bf16 and in NF4, one step.
+ESTIMATE_S = {"train": 80, "data_prep": 15, "train_small_budget": 15, "memory": 45, "generation": 70,
+              "train_tune_vision": 70, "quantized_4bit": 110}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,6 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--memory-batch-sizes", help="batch sizes of the memory table (1,2,4,8)")
     ap.add_argument("--target-chars", type=int, help="characters of teacher analysis per target (800)")
     ap.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (420)")
+    ap.add_argument("--data-batches", type=int, help="timed collator batches per data_prep row (3)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
     ap.add_argument("--scratch", default=None, help="folder for the 4-bit section's checkpoint (~17 GB)")
     ap.add_argument("--peak-flops", type=float, default=H200_BF16_DENSE_FLOPS,
@@ -254,6 +263,8 @@ def main(argv=None) -> int:
                         ctx.args._train_model = None
                         release()
                         section_train(ctx, sec, report, tune_vision=True)
+                    elif name == "data_prep":
+                        section_data_prep(ctx, sec, report)
                     elif name == "train_small_budget":
                         section_small_budget(ctx, sec, report)
                     elif name == "memory":

@@ -1,4 +1,5 @@
-"""bench/gpu.py's measurement sections: training, small budget, memory, generation, 4-bit.
+"""bench/gpu.py's measurement sections: training, small budget, memory, generation, 4-bit, and
+data preparation on one thread.
 
 Each section gets the run's context (``Ctx``), appends rows to its part of the report and
 saves the report after every row, so a section cut short by the budget or an OOM still
@@ -277,8 +278,73 @@ def section_generation(ctx: Ctx, sec: dict, report: Report) -> None:
         print_row(row, kind="gen")
         report.save()
     sec.pop("_last_s_per_token_batch", None)
+    # As eval and predict run it on CUDA: the LoRA merged into the weights at load, at the
+    # largest batch above, then at the batch modeling.generation_batch chooses from the memory
+    # left (for 1024 new tokens). A quarter of the new tokens: the rate per token is the figure.
+    model = ctx.modeling.merge_lora(model)
+    new_tokens = max(8, ctx.args.gen_new_tokens // 4)
+    sizes = [("merged", max(ctx.args.gen_batch_sizes))]
+    if ctx.device.startswith("cuda"):
+        release()
+        chosen, info = ctx.modeling.choose_batch_size(model, views=len(ctx.image_cols),
+                                                      max_pixels=budget["max_pixels"], new_tokens=1024)
+        sec["chosen_batch"] = {"batch_size": chosen, "for_new_tokens": 1024, **info}
+        sizes.append(("merged, chosen batch", chosen))
+    for label, bs in sizes:
+        if ctx.budget.left() < 30:
+            sec.setdefault("notes", []).append(f"{label} {bs}: skipped, out of time")
+            continue
+        images_bs = [images[i % len(images)] for i in range(bs)]
+        prompts_bs = [prompts[i % len(prompts)] for i in range(bs)]
+        ctx.mem.reset()
+        t = time.perf_counter()
+        try:
+            ctx.generate_answers(model, processor, prompts_bs, images_bs, batch_size=bs, max_new_tokens=new_tokens)
+            ctx.mem.sync()
+            wall = time.perf_counter() - t
+            row = {"batch_size": bs, "lora_merged": True, "what": label, "new_tokens_per_sample": new_tokens,
+                   "wall_s": round(wall, 3), "samples_per_s": round(bs / wall, 3),
+                   "new_tokens_per_s": round(bs * new_tokens / wall, 1), **ctx.mem.peak()}
+        except RuntimeError as e:
+            if not is_oom(e):
+                raise
+            row = {"batch_size": bs, "lora_merged": True, "what": label, "error": "out of memory"}
+            release()
+        sec.setdefault("merged_rows", []).append(row)
+        print(f"  {label}: " + (row.get("error") or f"batch {bs}, {row['samples_per_s']} samples/s, "
+                                 f"{row['new_tokens_per_s']} new tokens/s, peak {fmt(row.get('peak_memory_gib'))} GiB"),
+              flush=True)
+        report.save()
     del model
     release()
+
+
+def section_data_prep(ctx: Ctx, sec: dict, report: Report) -> None:
+    """The collator alone on ONE torch thread (accelerate's per-process setting; a Modal container
+    reserving no CPU has a fraction of a core): what every step waits for with no data loader
+    workers, at the run's views and budget. ``workers_to_hide`` (the train row of the same batch):
+    workers needed so that batches come as fast as the GPU takes them."""
+    import torch
+    from loader import collator_seconds
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        collator, _, budget = collator_for(ctx, ctx.args.max_pixels)
+        steps = {r["batch_size"]: r.get("model_step_s") for r in report.doc["sections"]["train"]["rows"]}
+        for bs in ctx.args.batch_sizes:
+            times = sorted(collator_seconds(collator, ctx.examples, bs, ctx.args.data_batches))
+            median = times[len(times) // 2]
+            row = {"batch_size": bs, "threads": 1, "pixel_budget": budget, "batches": len(times),
+                   "collator_s": round(median, 4), "per_sample_s": round(median / bs, 4),
+                   "gpu_step_s": steps.get(bs)}
+            row["workers_to_hide"] = math.ceil(median / steps[bs]) if steps.get(bs) else None
+            sec["rows"].append(row)
+            print(f"  data prep, 1 thread, batch {bs}: {row['collator_s']} s per batch "
+                  f"({row['per_sample_s']} s per sample); GPU step {fmt(row['gpu_step_s'], 3)} s", flush=True)
+            report.save()
+    finally:
+        torch.set_num_threads(threads)
 
 
 def section_4bit(ctx: Ctx, sec: dict, report: Report) -> None:
@@ -383,6 +449,17 @@ def print_table(doc: dict) -> None:
         lines.append(f"{'generation':<20}{r['pixel_budget']['max_pixels']:>9}{r['batch_size']:>6}"
                      f"{fmt(r['wall_s'], 2):>9}{fmt(r['samples_per_s']):>9}"
                      f"{fmt(r['new_tokens_per_s'], 0):>10}{'':>7}{fmt(r.get('peak_memory_gib')):>10}")
+    for r in secs.get("generation", {}).get("merged_rows", []):
+        if r.get("error"):
+            lines.append(f"{'gen, LoRA merged':<20}{'':>9}{r['batch_size']:>6}  {r['error']}")
+            continue
+        lines.append(f"{'gen, LoRA merged':<20}{'':>9}{r['batch_size']:>6}{fmt(r['wall_s'], 2):>9}"
+                     f"{fmt(r['samples_per_s']):>9}{fmt(r['new_tokens_per_s'], 0):>10}{'':>7}"
+                     f"{fmt(r.get('peak_memory_gib')):>10}")
+    for r in secs.get("data_prep", {}).get("rows", []):
+        lines.append(f"{'data prep, 1 thread':<20}{r['pixel_budget']['max_pixels']:>9}{r['batch_size']:>6}"
+                     f"{fmt(r['collator_s'], 3):>9}  collator s/batch; workers to keep up: "
+                     f"{fmt(r.get('workers_to_hide'))}")
     mem = secs.get("memory", {}).get("rows", [])
     if mem:
         lines.append("peak memory GiB (allocated / reserved) by pixel budget x batch:")

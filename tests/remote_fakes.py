@@ -2,9 +2,25 @@
 
 ``Offline`` replaces :mod:`connectodistill.remote.boundary`, the one module that talks to Modal:
 volumes become local folders (``FakeVolume``, also what the in-process container functions see
-as their mounts), ``app.run()`` a no-op, ``.remote()`` ``.local()``, and ``.spawn()`` a
-``FakeCall`` that runs the function in-process when its result is first asked for (or never,
-while ``hold`` is set: a job still running on Modal).
+as their mounts), ``.remote()`` ``.local()``, and ``.spawn()`` a ``FakeCall`` that runs the
+function in-process when its result is first asked for (or never, while ``hold`` is set: a job
+still running on Modal). ``boundary.running`` itself stays real: only ``modal.App.run`` under it
+is replaced, by :func:`fake_app_run`, which swallows what Modal's runner swallows.
+
+Modal's client as read in modal 1.6.4 (``modal/X.py:N`` = that file of the installed package):
+
+- ``with app.run(detach=...)``: a ``KeyboardInterrupt`` in the body is swallowed, attached or
+  detached (runner.py:502-522: it prints how to follow the app, disconnects and ``return``s);
+  a ``modal.exception.ConnectionError`` is swallowed when detached with output enabled
+  (runner.py:523-529), raised otherwise (runner.py:530); anything else propagates
+  (runner.py:531-534). The ``with`` statement then completes normally: the next line runs.
+- ``FunctionCall.get(timeout)``: no result yet is a bare builtin ``TimeoutError()``
+  (_functions.py:357-358); a result Modal no longer holds ``OutputExpiredError()`` (:355-356).
+- A cancelled call: the container answers ``GenericResult(status=TERMINATED)`` with no text
+  (_runtime/container_io_manager.py:320-331), which ``get`` raises as ``RemoteError('')``
+  (_utils/function_utils.py:537-574). Only ``FunctionCall.get_call_graph()`` (_functions.py:2498-2520)
+  tells it apart: the call's root ``InputInfo`` has ``status=InputStatus.TERMINATED``
+  (types.py:66-78, 346-356; call_graph.py:45-47). ``InputCancellation`` is never raised here.
 """
 
 from __future__ import annotations
@@ -90,6 +106,7 @@ class FakeCall:
 
     def __init__(self, fn, kwargs: dict, object_id: str, hold: bool = False, run=None):
         self.fn, self.kwargs, self.object_id, self.hold = fn, kwargs, object_id, hold
+        self.killed: str | None = None  # "oom": ended by the kernel's OOM killer (no result data)
         self._run = run or (lambda fn, kwargs: fn.local(**kwargs))
         self.state, self.result, self.exc, self.terminated = "running", None, None, None
         self.log = [f"[{object_id}] started\n"]
@@ -108,10 +125,12 @@ class FakeCall:
         self.gets.append(timeout)
         if self.exc_on_get is not None:
             raise self.exc_on_get
-        if self.state == "cancelled":
+        if self.state == "cancelled" or self.killed:
             from modal.exception import RemoteError
 
-            raise RemoteError("Function call was cancelled by the user")
+            # TERMINATED (or KERNEL_OOM_KILL) without data: RemoteError(result.exception), and the
+            # container sends no exception text (container_io_manager.py:328, function_utils.py:574)
+            raise RemoteError("")
         if self.state == "running":
             if self.hold:  # True: runs until released; N: the next N waits time out
                 if not isinstance(self.hold, bool):
@@ -127,6 +146,20 @@ class FakeCall:
     def cancel(self, terminate_containers: bool = False):
         self.state, self.terminated = "cancelled", terminate_containers
 
+    def get_call_graph(self):
+        """The call's own input, a root of the graph (call_graph.py:45-47). KERNEL_OOM_KILL has no
+        InputStatus member: ``InputStatus._missing_`` makes it PENDING (types.py:76-78)."""
+        from modal.types import InputInfo, InputStatus
+
+        status = {"cancelled": InputStatus.TERMINATED, "running": InputStatus.PENDING}.get(self.state)
+        if status is None:  # done
+            status = InputStatus.FAILURE if self.exc is not None else InputStatus.SUCCESS
+        if self.killed:
+            status = InputStatus(10)  # GENERIC_STATUS_KERNEL_OOM_KILL -> PENDING
+        return [InputInfo(input_id=f"in-{self.object_id}", function_call_id=self.object_id, task_id="ta-1",
+                          status=status, function_name=getattr(self.fn, "__name__", "f"), module_name="m",
+                          children=[])]
+
 
 class UnknownCall:
     """What ``FunctionCall.from_id`` gives for an id Modal has forgotten: it fails when used."""
@@ -139,7 +172,7 @@ class UnknownCall:
 
         raise NotFoundError(f"FunctionCall {self.object_id} not found")
 
-    cancel = get
+    cancel = get_call_graph = get
 
 
 class Offline:
@@ -158,9 +191,12 @@ class Offline:
         self.on_spawn = None  # (FakeCall) -> None, e.g. to make its get() raise
 
     def install(self, monkeypatch):
+        import modal
+
         monkeypatch.setenv(container.ROOT_ENV, str(self.root))
         monkeypatch.setattr(boundary, "volume", self.volume)
-        monkeypatch.setattr(boundary, "running", self.running)
+        # Under the real boundary.running; a function, so that it binds to the app like the method.
+        monkeypatch.setattr(modal.App, "run", lambda app, **kw: self.app_run(app, **kw))
         monkeypatch.setattr(boundary, "call", self.call)
         monkeypatch.setattr(boundary, "spawn", self.spawn)
         monkeypatch.setattr(boundary, "call_from_id", self.call_from_id)
@@ -174,16 +210,10 @@ class Offline:
             raise NotFoundError(f"Volume '{name}' not found in environment 'main'")
         return self.volumes[name]
 
-    @contextmanager
-    def running(self, app, detach=True):
-        """Like modal's ``app.run()``: in a detached app a Ctrl-C ends the block, not the app,
-        and is swallowed (the runner prints how to follow the app, and returns)."""
+    def app_run(self, app, *, name=None, client=None, detach=False, interactive=False, environment_name=None):
+        """``modal.App.run`` (app.py:530-596), network left out: see :func:`fake_app_run`."""
         self.runs.append(detach)
-        try:
-            yield
-        except KeyboardInterrupt:
-            if not detach:
-                raise
+        return fake_app_run(app, detach)
 
     def call(self, fn, **kwargs):
         self.blocking.append(kwargs)
@@ -205,6 +235,33 @@ class Offline:
         """Files uploaded so far, not counting the small call records."""
         return sum(sum(not u.startswith(f"/{container.CALLS_DIR}/") for u in v.uploads)
                    for v in {id(v): v for v in self.volumes.values()}.values())
+
+
+@contextmanager
+def fake_app_run(app, detach: bool):
+    """What modal's runner does around the ``with app.run(detach=...)`` body (runner.py:489-534),
+    minus the network: it swallows a Ctrl-C in both modes and a lost connection when detached
+    with output on, printing its own lines through the output manager as the runner does."""
+    from modal._output.manager import OutputManager
+    from modal.exception import ConnectionError as ModalConnectionError
+
+    output = OutputManager.get()  # runner.py:415
+    try:
+        yield app
+    except KeyboardInterrupt:  # runner.py:502-522: swallowed, attached or detached
+        if detach:
+            output.step_completed("Shutting down Modal client.")
+            output.print("The detached App will keep running. ... modal app logs ap-FAKE")
+        else:
+            output.print("Disconnecting from Modal - This will terminate your Modal app in a few seconds.\n")
+            output.step_completed("App aborted.")
+        return
+    except ModalConnectionError:  # runner.py:523-530: swallowed only detached, output on
+        if detach and output.is_enabled:
+            output.print(":white_exclamation_mark: Connection lost!")
+            return
+        raise
+    output.step_completed("App completed.")  # runner.py:545-551
 
 
 class Trap:

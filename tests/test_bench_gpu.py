@@ -80,6 +80,9 @@ def test_generation_rows(smoke):
     for r in sec["rows"]:
         assert _finite_positive(r["samples_per_s"]) and _finite_positive(r["new_tokens_per_s"])
         assert r["responses"] == r["batch_size"] and r["new_tokens_per_sample"] == 8
+    (merged,) = sec["merged_rows"]  # the LoRA merged, as eval runs it on CUDA; no chosen batch on CPU
+    assert merged["lora_merged"] is True and merged["batch_size"] == max(doc["settings"]["gen_batch_sizes"])
+    assert _finite_positive(merged["samples_per_s"]) and "chosen_batch" not in sec
 
 
 def test_memory_table(smoke):
@@ -150,3 +153,21 @@ def test_flop_count_matches_the_model_structure():
     assert g["vision_forward"] == 2 * 64 * (embed + block_lin) + 2 * 16 * merger_lin + vis_attn
     assert g["backward"] == f["backward"]  # frozen vision tower: no backward without --tune-vision
     assert flops.step_flops(cfg, [1], [(1, 8, 8)], lora_r=0, tune_vision=True)["backward"] > f["backward"]
+
+
+def test_the_sections_fit_the_budget_together():
+    """Every section's estimate together under the full run's budget: none is skipped for time."""
+    gpu = _load_bench_module("gpu")
+    assert set(gpu.ESTIMATE_S) == set(gpu.SECTIONS)
+    assert sum(gpu.ESTIMATE_S.values()) <= gpu.FULL["budget_s"]
+
+
+def test_data_preparation_on_one_thread(smoke):
+    doc, stdout = smoke
+    sec = doc["sections"]["data_prep"]
+    assert sec["status"] == "done"
+    assert [r["batch_size"] for r in sec["rows"]] == doc["settings"]["batch_sizes"]
+    for r in sec["rows"]:
+        assert r["threads"] == 1 and _finite_positive(r["collator_s"]) and r["batches"] == 2
+        assert _finite_positive(r["gpu_step_s"]) and r["workers_to_hide"] >= 1
+    assert "data prep, 1 thread" in stdout

@@ -333,3 +333,33 @@ def test_remote_shards_fan_out_retry_the_failed_one_and_merge_in_input_order(
     predict_remote(cfg, RC)
     assert len(offline.calls) == 5
     pd.testing.assert_frame_equal(_table(out), local)
+
+
+@pytest.mark.filterwarnings(LOCAL_WARNING)
+@pytest.mark.filterwarnings(DEPRECATIONS_ARE_ERRORS)
+def test_remote_shards_survive_a_lost_connection(kit, trained_run, tmp_path, monkeypatch):
+    """Modal's detached app.run() swallows a lost connection (remote_fakes.fake_app_run): the shards
+    must be reported as still running, not as failed, and a rerun re-attaches them."""
+    from modal.exception import ConnectionError
+
+    from connectodistill.core.config import PredictConfig
+    from connectodistill.core.errors import UserError
+    from connectodistill.remote.predict import predict_remote
+
+    offline = Offline(tmp_path / "volumes").install(monkeypatch)
+    offline.hold = True
+    offline.on_spawn = lambda call: setattr(call, "exc_on_get", ConnectionError("Deadline exceeded"))
+    table, images = _write_segments([dict(r) for r in kit["rows"]], tmp_path / "in")
+    cfg = PredictConfig(input=str(table), images_dir=images, adapter_path=trained_run, chunk_size=2, dry_run=True,
+                        progress=False, output=tmp_path / "remote", shards=2)
+    with pytest.raises(UserError) as e:
+        predict_remote(cfg, RC)
+    assert "lost the connection to Modal" in str(e.value) and "2 shard(s) keep running on Modal" in str(e.value)
+    state = json.loads((tmp_path / "remote" / "remote_shards.json").read_text())
+    assert [r["status"] for r in state["records"]] == ["running", "running"]
+    for call in offline.by_id.values():
+        call.exc_on_get, call.hold = None, False
+    offline.on_spawn = None
+    predict_remote(cfg, RC)
+    assert len(offline.calls) == 2  # re-attached, not started again
+    assert len(_table(tmp_path / "remote")) == len(kit["rows"])

@@ -138,31 +138,56 @@ def test_max_parallel_must_be_positive():
 
 
 class Raises:
+    """A call whose ``get`` raises ``exc``; ``status``: its root input's InputStatus in the call graph."""
+
     object_id = "fc-x"
 
-    def __init__(self, exc):
-        self.exc = exc
+    def __init__(self, exc, status=None):
+        self.exc, self.status = exc, status
 
     def get(self, timeout=None):
         raise self.exc
 
+    def get_call_graph(self):
+        from modal.types import InputInfo, InputStatus
+
+        status = InputStatus.PENDING if self.status is None else self.status
+        return [InputInfo("in-1", self.object_id, "ta-1", status, "f", "m", [])]
+
 
 def test_poll_call_maps_each_way_a_call_can_end():
     from modal import exception
+    from modal.types import InputStatus
 
     cases = [
-        (TimeoutError(), RUNNING, None),
-        (exception.OutputExpiredError(), EXPIRED, None),
-        (exception.FunctionTimeoutError("Function timed out after 3600s"), FAILED, "timeout"),
-        (exception.RemoteError("Function call was cancelled by the user"), CANCELLED, "cancelled"),
-        (exception.NotFoundError("FunctionCall fc-x not found"), EXPIRED, None),
-        (KeyError("splits"), FAILED, "KeyError"),
+        (TimeoutError(), None, RUNNING, None),  # Modal's own: no result yet (_functions.py:358)
+        (TimeoutError("read timed out"), None, FAILED, "TimeoutError"),  # the function's own, after retries
+        (exception.OutputExpiredError(), None, EXPIRED, None),
+        (exception.FunctionTimeoutError("Function timed out after 3600s"), None, FAILED, "timeout"),
+        # A cancel is RemoteError('') (function_utils.py:574); the call graph says TERMINATED.
+        (exception.RemoteError(""), InputStatus.TERMINATED, CANCELLED, "cancelled"),
+        # The same exception with any other status (an OOM kill reads PENDING) is a failure,
+        # whatever its text says.
+        (exception.RemoteError(""), InputStatus(10), FAILED, "RemoteError"),
+        (exception.RemoteError("cancelled"), InputStatus.FAILURE, FAILED, "RemoteError"),
+        (exception.NotFoundError("FunctionCall fc-x not found"), None, EXPIRED, None),
+        (KeyError("splits"), None, FAILED, "KeyError"),
     ]
-    for exc, status, reason in cases:
-        state = poll_call(Raises(exc))
-        assert (state.status, state.reason) == (status, reason), exc
+    for exc, status, expected, reason in cases:
+        state = poll_call(Raises(exc, status))
+        assert (state.status, state.reason) == (expected, reason), exc
     for exc in (exception.ConnectionError("Deadline exceeded"), exception.AuthError("Token missing")):
         with pytest.raises(type(exc)):  # this machine cannot ask: not the call's failure
             poll_call(Raises(exc))
     done = FakeCall(square, {"x": 3}, "fc-y", run=lambda fn, kw: fn(**kw))
     assert poll_call(done).result == {"x": 3, "y": 9}
+
+
+def test_a_cancelled_fanout_call_reads_cancelled_later(offline):
+    """Fanout.cancel() writes no outcome: a later poll of the same call id must still say cancelled."""
+    fan = spawn_all(square, [{"x": 1}, {"x": 2}])
+    records = fan.records()
+    fan.cancel()
+    again = Fanout.resume(square, [{**r, "status": RUNNING} for r in records])
+    again.poll()
+    assert [(h.status, h.reason) for h in again.handles] == [(CANCELLED, "cancelled")] * 2

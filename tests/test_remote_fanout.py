@@ -111,3 +111,33 @@ def test_a_remote_sweep_fans_out_every_point_and_chooses_on_val(home, offline):
     record = json.loads((out / "sweep.json").read_text())
     assert record["chosen"]["params"] == {"learning_rate": 1e-4}  # the lower val loss (fake: lr x 1000)
     assert (out / "point-1" / "training_config.json").is_file()
+
+
+@pytest.mark.parametrize("interruption", ["lost connection", "ctrl-c"])
+def test_a_lost_connection_or_ctrl_c_while_folds_run_reports_nothing_as_done(home, offline, interruption, capsys):
+    """Modal's runner swallows both inside a detached app.run() (remote_fakes.fake_app_run): the
+    command must still stop with one line, the folds keep running, and a rerun picks them up."""
+    from modal.exception import ConnectionError
+
+    offline.hold = True
+    exc = ConnectionError("Deadline exceeded") if interruption == "lost connection" else KeyboardInterrupt()
+    offline.on_spawn = lambda call: setattr(call, "exc_on_get", exc)
+    with pytest.raises(UserError if interruption == "lost connection" else KeyboardInterrupt) as e:
+        remote.train_remote(cfg(folds=True), YES)
+    err = capsys.readouterr().err
+    line = str(e.value) if interruption == "lost connection" else err.strip().splitlines()[-1]
+    assert "3 run(s) keep running on Modal" in line and "rerun the same command" in line and "\n" not in line
+    cv_dir = next(p for p in home.glob("runs/*") if p.is_dir())
+    folds = json.loads((cv_dir / "cv_config.json").read_text())["fold_runs"]
+    assert not any(v.get("status") in ("done", "failed") for v in folds.values())  # nothing called done
+    record = json.loads((cv_dir / fanout.FANOUT_RECORD).read_text())["runs"]
+    assert [(r["status"], r["call_id"]) for r in record] == [("running", f"fc-{i}") for i in (1, 2, 3)]
+    assert all(c.state == "running" and c.terminated is None for c in offline.by_id.values())
+
+    for call in offline.by_id.values():  # the connection is back; the folds finish on Modal
+        call.exc_on_get, call.hold = None, False
+    offline.on_spawn = None
+    remote.train_remote(cfg(folds=True), YES)
+    assert len(offline.calls) == 3  # re-attached, nothing trained twice
+    folds = json.loads((cv_dir / "cv_config.json").read_text())["fold_runs"]
+    assert {v["status"] for v in folds.values()} == {"done"}

@@ -115,16 +115,17 @@ API_SURFACE = """
 import inspect, warnings
 warnings.simplefilter("error", __import__("modal.exception").exception.DeprecationError)
 import modal
-from modal.types import FileEntry, FileEntryType
+from modal.types import FileEntry, FileEntryType, InputInfo, InputStatus
 from modal.exception import (AuthError, ConnectionError, Error, FunctionTimeoutError, ImageBuildError,
-    InputCancellation, NotFoundError, OutputExpiredError, PermissionDeniedError, RemoteError,
+    NotFoundError, OutputExpiredError, PermissionDeniedError, RemoteError,
     ResourceExhaustedError, ServiceError, InternalError, ClientClosed)
+assert InputStatus.TERMINATED and {"function_call_id", "status"} <= set(InputInfo.__dataclass_fields__)
 from modal._logs_manager import _FunctionCallLogsManager
 params = lambda f: inspect.signature(f).parameters
 assert {"single_use_containers", "retries", "include_source", "cpu", "memory"} <= set(params(modal.App.function))
 assert "detach" in params(modal.App.run) and "uv_version" in params(modal.Image.uv_pip_install)
 assert "terminate_containers" in params(modal.FunctionCall.cancel) and "timeout" in params(modal.FunctionCall.get)
-assert all(hasattr(modal.FunctionCall, a) for a in ("from_id", "logs", "object_id"))
+assert all(hasattr(modal.FunctionCall, a) for a in ("from_id", "logs", "object_id", "get_call_graph"))
 assert all(hasattr(_FunctionCallLogsManager, a) for a in ("tail", "stream"))
 assert all(hasattr(modal.Function, a) for a in ("spawn", "remote", "local", "info"))
 assert "create_if_missing" in params(modal.Volume.from_name) and "force" in params(modal.Volume.batch_upload)

@@ -100,7 +100,7 @@ def test_a_lost_connection_or_ctrl_c_leaves_the_job_running(user_dir, offline, c
     from modal.exception import ConnectionError
 
     offline.on_spawn = lambda call: setattr(call, "exc_on_get", ConnectionError("Deadline exceeded"))
-    with pytest.raises(UserError, match=r"keeps running: `connectodistill fetch .* --follow`"):
+    with pytest.raises(UserError, match=r"keeps running on Modal: `connectodistill fetch .* --follow`"):
         remote.train_remote(train_cfg(run_name="l"), RC)
     offline.on_spawn = lambda call: setattr(call, "exc_on_get", KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
@@ -144,6 +144,29 @@ def test_detached_jobs_listed_followed_downloaded_and_cancelled(user_dir, offlin
     # A resumed run gets a new call; the old outcome does not stick to it.
     assert remote.train_remote(train_cfg(run_dir=Path(two), resume=True), DETACH) is None
     assert {r["name"]: r["status"] for r in remote.fetch(None, None, RC)}[two] == "running"
+
+
+def test_a_call_cancelled_on_modal_shows_as_cancelled_not_failed(user_dir, offline):
+    """Cancelled from Modal's dashboard (no outcome file of ours): Modal answers RemoteError('')
+    and the call graph says TERMINATED. An OOM-killed call gives the same RemoteError: failed."""
+    offline.hold = True
+    remote.train_remote(train_cfg(run_name="c"), DETACH)
+    remote.train_remote(train_cfg(run_name="m"), DETACH)
+    cancelled, killed = (offline.calls[i]["run_name"] for i in (0, 1))
+    offline.by_id["fc-1"].cancel(terminate_containers=True)
+    offline.by_id["fc-2"].killed = "oom"
+    rows = {r["name"]: r for r in remote.fetch(None, None, RC)}
+    assert (rows[cancelled]["status"], rows[killed]["status"]) == ("cancelled", "failed")
+    with pytest.raises(UserError, match=f"^{cancelled} cancelled on Modal"):
+        remote.fetch(cancelled, None, RC)
+    with pytest.raises(UserError, match=f"^{killed} failed on Modal: .*without a result"):
+        remote.fetch(killed, None, RC)
+    # Waited on, a call cancelled meanwhile ends the wait as cancelled, with one line.
+    offline.hold = False
+    offline.on_spawn = lambda call: call.cancel()
+    with pytest.raises(UserError, match=r"cancelled on Modal") as e:
+        remote.train_remote(train_cfg(run_name="w"), RC)
+    assert "\n" not in str(e.value)
 
 
 def test_fetch_downloads_the_finished_runs_started_here(user_dir, offline, tmp_path):
@@ -275,3 +298,34 @@ def test_ctrl_c_while_the_weights_download_stops_before_any_gpu(user_dir, offlin
 def test_fetch_of_a_volume_that_does_not_exist_is_one_line(offline):
     with pytest.raises(UserError, match="Volume 'nope' not found.*volumes are created by the first"):
         remote.fetch(None, None, RemoteConfig(runs_volume="nope"))
+
+
+# ----------------------------------------------------------------------------- no GPU, no run
+def test_a_gpu_container_without_a_gpu_fails_before_loading_anything(user_dir, offline, monkeypatch):
+    """Modal hands out a container whose CUDA does not work (here: this CPU machine, seen as a
+    Modal container): one line naming the container and the GPU, the outcome says so, nothing
+    trained, evaluated or predicted on the CPU."""
+    from connectodistill.evaluation import recipe as evaluation
+    from connectodistill.prediction import recipe as prediction
+    from connectodistill.training import recipe as training
+
+    def loaded(*a, **kw):
+        raise AssertionError("loaded something on a container without a GPU")
+
+    monkeypatch.setattr(container, "in_modal_container", lambda: True)
+    for module, name in ((training, "train"), (evaluation, "evaluate"), (prediction, "predict")):
+        monkeypatch.setattr(module, name, loaded)
+    with pytest.raises(UserError) as e:
+        remote.train_remote(train_cfg(run_name="g"), RC.model_copy(update={"gpu": "H100"}))
+    line = str(e.value)
+    assert "the train container of" in line and "asked Modal for H100 and has no working GPU" in line
+    assert "nothing was loaded" in line and "remote check --gpu" in line and "\n" not in line
+    (row,) = remote.fetch(None, None, RC)
+    assert (row["status"], row["reason"]) == ("failed", "no gpu")
+    with pytest.raises(UserError, match="the eval container of base asked Modal for L4 and has no working GPU"):
+        remote.evaluate_remote(EvalConfig(base_model="students/tiny", name="base"), RC.model_copy(update={"eval_gpu": "L4"}))
+    got = container.predict_in_container({}, {}, "p", 0, gpu="H100")
+    assert (got["status"], got["reason"], got["shard"]) == ("failed", "no gpu", 0)
+    # The same bodies run here through .local() (not a Modal container): no check.
+    monkeypatch.setattr(container, "in_modal_container", lambda: False)
+    assert container.missing_gpu("train", "x", "H100") is None

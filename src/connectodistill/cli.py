@@ -218,12 +218,14 @@ def train(
         "beside the rationale rows of this share of the train samples: a number in (0, 1], all, or only "
         "(answer rows alone).  [default: none]"),
     seed: int = typer.Option(None, help="Seed.  [default: 42]"),
+    num_workers: int = typer.Option(None, help="Data loader processes decoding the views.  [default: from the CPU count on a GPU, 0 on the CPU]"),
+    save_steps: int = typer.Option(None, help="Also a checkpoint every N optimizer steps (0: epoch ends only).  [default: 20 for grpo, 100 for dpo, 0 for sft]"),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=GPU_HELP),
     timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 14400, 4 h)."),
     detach: bool = typer.Option(None, "--detach", help=DETACH_HELP),
     max_parallel: int = typer.Option(None, help="With --remote and --folds/--sweep: containers at once.  [default: all]"),
-    yes: bool = typer.Option(None, "--yes", "-y", help="With --remote: start a fan-out without asking."),
+    yes: bool = typer.Option(None, "--yes", "-y", help="With --remote: start a fan-out without asking, or a dpo/grpo run estimated to outrun --timeout."),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """LoRA fine-tune the student on merge's train rows; select on val rows; never touch test."""
@@ -268,7 +270,7 @@ def eval_(
     split: str = typer.Option(None, help="train, val, test or all.  [default: test]"),
     test_set_only: bool = typer.Option(None, "--test-set-only", help="Same as --split test."),
     num_samples: int = typer.Option(None, help="Evaluate only the first N selected samples."),
-    batch_size: int = typer.Option(None, help="Generation batch size.  [default: 4]"),
+    batch_size: int = typer.Option(None, help="Generation batch size.  [default: from GPU memory on CUDA, 4 on the CPU]"),
     max_new_tokens: int = typer.Option(None, help="Generation budget.  [default: 1024]"),
     max_pixels: int = typer.Option(None, help="Max pixels per view.  [default: the run's]"),
     min_pixels: int = typer.Option(None, help="Min pixels per view.  [default: the run's]"),
@@ -350,7 +352,7 @@ def predict(
     threshold: float = typer.Option(None, help="Triage: confidence >= T is auto, the rest goes to a human."),
     triage_from: Path = typer.Option(None, help="Triage with the threshold of this eval result (eval --target-accuracy)."),
     chunk_size: int = typer.Option(None, help="Segments per chunk written (and resumed).  [default: 64]"),
-    batch_size: int = typer.Option(None, help="Generation batch size.  [default: 4]"),
+    batch_size: int = typer.Option(None, help="Generation batch size.  [default: from GPU memory on CUDA, 4 on the CPU]"),
     max_new_tokens: int = typer.Option(None, help="Generation budget.  [default: 1024]"),
     one_pass: bool = typer.Option(
         None, "--one-pass/--generate", help="One-pass answers (one forward pass, no rationale), or a generated "

@@ -47,6 +47,9 @@ class MergeConfig(_Config):
 
 # Continuing a trained student takes smaller steps than SFT from scratch (bench/README.md, methods).
 METHOD_LEARNING_RATE = {"sft": 2e-4, "dpo": 5e-5, "grpo": 1e-4}
+# Optimizer steps between checkpoints besides each epoch's end (None: epoch ends only). A GRPO
+# step of the 8B student generates its completions first (~20 s); a DPO step is a few seconds.
+METHOD_SAVE_STEPS = {"sft": None, "dpo": 100, "grpo": 20}
 
 
 class TrainConfig(_Config):
@@ -94,7 +97,13 @@ class TrainConfig(_Config):
     resume: bool = False
     seed: int = 42
     gradient_checkpointing: bool | None = None  # None: on for CUDA, off on CPU
+    # Processes that decode the views and run the image processor beside the training loop, so the
+    # GPU does not wait for them. None: from the CPU count on a GPU (training.trainers), 0 on the CPU.
+    num_workers: int | None = Field(None, ge=0, description="Data loader worker processes.")
     logging_steps: int = Field(5, ge=1)
+    # A checkpoint every N optimizer steps too, so that a retried attempt resumes near where the
+    # last one stopped. None: the method's default (METHOD_SAVE_STEPS); 0: epoch ends only.
+    save_steps: int | None = Field(None, ge=0)
     progress: bool = True
     # The recipe: sft (training.py), dpo (dpo.py) or grpo (grpo.py). dpo and grpo continue the
     # SFT student of `from_run` (its adapter, base model, processor, prompts, splits).
@@ -146,7 +155,8 @@ class EvalConfig(_Config):
     merged: Path | None = None
     split: Literal["train", "val", "test", "all"] | None = None
     num_samples: int | None = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
+    # None: from the GPU's free memory on CUDA, 4 on the CPU (modeling.generation_batch).
+    batch_size: int | None = Field(None, ge=1)
     max_new_tokens: int = Field(1024, ge=1)
     max_pixels: int | None = Field(None, ge=1)
     min_pixels: int | None = Field(None, ge=1)
@@ -200,7 +210,7 @@ class PredictConfig(_Config):
     # Segments per chunk: decoded views of one chunk are held at once (64 x 3 views of 1024x1024
     # RGB is ~0.6 GB); results are written, and resumed, a chunk at a time.
     chunk_size: int = Field(64, ge=1)
-    batch_size: int = Field(4, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # None: from GPU memory on CUDA, 4 on the CPU
     max_new_tokens: int = Field(1024, ge=1)
     # One-pass answers (no rationale); None: one-pass for a run trained with answer rows.
     one_pass: bool | None = None

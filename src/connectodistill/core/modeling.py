@@ -351,3 +351,90 @@ def build_model_from_config(config: Any, *, device: str | None = None, dtype: An
     with torch.device(device):
         model = AutoModelForImageTextToText.from_config(config, dtype=_resolve_dtype(dtype, device))
     return model.eval()
+
+
+# --------------------------------------------------------------------------- inference (eval, predict)
+
+CPU_GENERATION_BATCH = 4  # on the CPU: the batch eval and predict have always used
+MAX_GENERATION_BATCH = 32  # more rarely helps: per-token latency grows, the views dominate memory
+GPU_MEMORY_SHARE = 0.7  # of the memory free after loading; the rest for fragmentation and the unknown
+TEXT_TOKENS = 800  # the question, the chat template and the options besides the views
+
+
+def load_for_inference(base_model: str | Path, adapter: str | Path | None = None, *, load_in_4bit: bool = False,
+                       merge: bool | None = None) -> tuple[Any, dict]:
+    """The student for generation: the base model and, if given, the adapter; returns
+    ``(model, info)``, ``info`` for summary.json (``lora_merged``, and why).
+
+    ``merge`` None: merged on CUDA (bf16), where an unmerged LoRA costs two extra small matmuls
+    per adapted layer and token (7 per block, 36 blocks at 8B) on every decode step; left as an
+    adapter on the CPU (the answers stay those of earlier versions, bit for bit) and on a 4-bit
+    base (merging would need the weights dequantised). Merged, the answers are the same up to
+    the rounding of W + BA in the weights' dtype (exactly the same in fp32: tests/test_inference.py).
+    """
+    model = load_model(base_model, load_in_4bit=load_in_4bit)
+    if adapter is None:
+        return model, {"lora_merged": False, "why": "no adapter"}
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(model, str(adapter))
+    cuda = next(model.parameters()).is_cuda
+    if merge is None:
+        merge = cuda and not load_in_4bit
+    if not merge:
+        why = ("4-bit base: merging would dequantise it" if load_in_4bit else
+               "not on CUDA: kept as an adapter" if not cuda else "merge=False")
+        return model, {"lora_merged": False, "why": why}
+    return merge_lora(model), {"lora_merged": True, "why": "CUDA: LoRA merged into the weights at load"}
+
+
+def merge_lora(model):
+    """A PeftModel with one LoRA adapter -> the plain model with ``W + (alpha/r) B A`` in its weights."""
+    return model.merge_and_unload()
+
+
+def per_sample_bytes(config: Any, *, views: int, max_pixels: int, new_tokens: int, dtype_bytes: int = 2) -> int:
+    """GPU memory one generated sequence takes beyond the weights: its KV cache (prompt + new
+    tokens, every layer) and the prefill's transient activations (the decoder's MLP and the
+    vision tower's, over its prompt), from the model's config. An estimate, not a measurement."""
+    text = getattr(config, "text_config", config)
+    vision = getattr(config, "vision_config", None)
+    layers = text.num_hidden_layers
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    patch = getattr(vision, "patch_size", 14) if vision is not None else 14
+    merge = getattr(vision, "spatial_merge_size", 2) if vision is not None else 2
+    patches = views * max_pixels // (patch * patch)
+    prompt = patches // (merge * merge) + TEXT_TOKENS
+    kv = 2 * layers * kv_heads * head_dim * dtype_bytes * (prompt + new_tokens)
+    decoder = prompt * (3 * text.intermediate_size + 4 * text.hidden_size) * dtype_bytes
+    v_inter = (getattr(vision, "intermediate_size", None)
+               or getattr(vision, "embed_dim", 0) * getattr(vision, "mlp_ratio", 4)) if vision is not None else 0
+    tower = patches * 3 * int(v_inter) * dtype_bytes
+    return int(kv + decoder + tower)
+
+
+def choose_batch_size(model: Any, *, views: int, max_pixels: int, new_tokens: int,
+                      free_bytes: int | None = None) -> tuple[int, dict]:
+    """A generation batch from the GPU memory free after loading (``free_bytes``; None: asks
+    CUDA): GPU_MEMORY_SHARE of it over :func:`per_sample_bytes`, 1 to MAX_GENERATION_BATCH."""
+    if free_bytes is None:
+        import torch
+
+        free_bytes = torch.cuda.mem_get_info(next(model.parameters()).device)[0]
+    each = per_sample_bytes(model.config, views=views, max_pixels=max_pixels, new_tokens=new_tokens,
+                            dtype_bytes=max(2, next(model.parameters()).element_size()))
+    batch = max(1, min(MAX_GENERATION_BATCH, int(GPU_MEMORY_SHARE * free_bytes // each)))
+    return batch, {"free_gib": round(free_bytes / 2**30, 2), "per_sample_gib": round(each / 2**30, 3)}
+
+
+def generation_batch(model: Any, given: int | None, *, views: int, max_pixels: int,
+                     new_tokens: int) -> tuple[int, dict]:
+    """(batch size, what chose it): ``given``, else from GPU memory on CUDA, else CPU_GENERATION_BATCH."""
+    if given is not None:
+        return given, {"batch_size": given, "chosen_from": "given"}
+    if not next(model.parameters()).is_cuda:
+        return CPU_GENERATION_BATCH, {"batch_size": CPU_GENERATION_BATCH, "chosen_from": "cpu default"}
+    batch, info = choose_batch_size(model, views=views, max_pixels=max_pixels, new_tokens=new_tokens)
+    return batch, {"batch_size": batch, "chosen_from": "gpu memory", **info}

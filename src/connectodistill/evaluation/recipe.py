@@ -105,7 +105,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
                                    "they get the builtin prompt (prompt_source=builtin)[/]")
 
     # 2. Model: base, plus the adapter; the processor (template, budget) as trained.
-    from ..core.modeling import load_model, load_processor
+    from ..core.modeling import generation_batch, load_for_inference, load_processor
 
     processor, budget = load_processor(settings["processor_from"], min_pixels=settings["min_pixels"],
                                        max_pixels=settings["max_pixels"])
@@ -113,11 +113,10 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         got = hashlib.sha256((processor.chat_template or "").encode()).hexdigest()
         if got != settings["chat_template_sha256"]:
             mismatch(cfg, "chat template", settings["chat_template_sha256"][:12], got[:12])
-    model = load_model(settings["base_model"], load_in_4bit=cfg.load_in_4bit)
-    if cfg.adapter_path is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(cfg.adapter_path))
+    model, inference = load_for_inference(settings["base_model"], cfg.adapter_path, load_in_4bit=cfg.load_in_4bit)
+    batch, inference["batch"] = generation_batch(model, cfg.batch_size, views=len(image_cols),
+                                                 max_pixels=budget["max_pixels"], new_tokens=cfg.max_new_tokens)
+    cfg = cfg.model_copy(update={"batch_size": batch})
 
     # 3. Answers, batched, with a progress bar: a generated rationale then the letter (and the
     #    letter distribution at its answer position), or one pass over the question and an
@@ -223,6 +222,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
             "target_accuracy": cfg.target_accuracy, "mode": mode,
         },
         "calibration": calibration,
+        "generation": inference,  # LoRA merged or not, the batch and what chose it
         "generation_seconds": round(seconds, 2),
         "samples_per_second": round(len(rows) / seconds, 3) if seconds else None,
         **confidence_summary(preds, seed=cfg.seed),

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..core.config import EvalConfig, PredictConfig, resolve
 from ..core.errors import UserError
-from ..core.task import LETTERS
+from ..core.task import LETTERS, VIEWS
 from . import files as prediction_files
 from .files import (
     CHUNKS,
@@ -269,7 +269,7 @@ class Student:
     prompts and views, it returns the answer columns."""
 
     def __init__(self, p: Plan):
-        from ..core.modeling import load_model, load_processor
+        from ..core.modeling import generation_batch, load_for_inference, load_processor
 
         s = p.settings[0]
         self.cfg, self.kind = p.cfg, p.kind
@@ -280,13 +280,10 @@ class Student:
             if got != s["chat_template_sha256"]:
                 raise UserError(f"the chat template of {s['processor_from']} differs from the one the run trained "
                                 f"with ({s['chat_template_sha256'][:12]} vs {got[:12]})")
-        model = load_model(s["base_model"], load_in_4bit=p.cfg.load_in_4bit)
+        adapter = p.students[0] if p.kind in ("adapter", "fold") else None  # an ensemble's switch: not merged
+        model, self.inference = load_for_inference(s["base_model"], adapter, load_in_4bit=p.cfg.load_in_4bit)
         self.names: list[str | None] = [None]
-        if p.kind in ("adapter", "fold"):
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(p.students[0]))
-        elif p.kind == "ensemble":
+        if p.kind == "ensemble":
             from peft import PeftModel
 
             self.names = [d.name for d in p.students]
@@ -295,6 +292,9 @@ class Student:
                 model.load_adapter(str(d), adapter_name=name)
         self.model = model
         self.mode, self.temperatures, self.threshold = p.mode, p.temperatures or [1.0] * len(self.names), p.threshold
+        self.batch_size, self.inference["batch"] = generation_batch(
+            model, p.cfg.batch_size, views=len(VIEWS), max_pixels=self.budget["max_pixels"],
+            new_tokens=p.cfg.max_new_tokens)
         self.letter_probabilities = None
         if letter_probabilities_available():
             from ..core.generation import letter_probabilities
@@ -312,17 +312,17 @@ class Student:
                 self.model.set_adapter(name)
             if self.mode == "one_pass":
                 probs = one_pass_probabilities(self.model, self.processor, prompts, images, layouts=layouts,
-                                               batch_size=self.cfg.batch_size)
+                                               batch_size=self.batch_size)
                 responses = [None] * len(prompts)
                 parsed = [(None, LETTERS[j]) for j in probs.argmax(1)]
             else:
                 responses = generate_answers(self.model, self.processor, prompts, images, layouts=layouts,
-                                             batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens)
+                                             batch_size=self.batch_size, max_new_tokens=self.cfg.max_new_tokens)
                 parsed = [parse_response(r, option_descriptions(q)) for r, q in zip(responses, prompts, strict=True)]
                 probs = None
                 if self.letter_probabilities is not None:
                     probs = self.letter_probabilities(self.model, self.processor, prompts, images, responses,
-                                                      layouts=layouts, batch_size=self.cfg.batch_size)
+                                                      layouts=layouts, batch_size=self.batch_size)
             per.append((responses, parsed, apply_temperature(probs, temp) if probs is not None else None))
         out = combine(per, ensemble=self.kind == "ensemble")
         if self.mode == "one_pass" and self.cfg.explain == "human":
@@ -345,7 +345,7 @@ class Student:
                 self.model.set_adapter(self.names[k])
             responses = generate_answers(self.model, self.processor, [prompts[i] for i in rows],
                                          [images[i] for i in rows], layouts=[layouts[i] for i in rows],
-                                         batch_size=self.cfg.batch_size, max_new_tokens=self.cfg.max_new_tokens)
+                                         batch_size=self.batch_size, max_new_tokens=self.cfg.max_new_tokens)
             for i, r in zip(rows, responses, strict=True):
                 out["response"][i] = r
                 out["analysis"][i] = parse_response(r, option_descriptions(prompts[i]))[0]
@@ -465,12 +465,21 @@ def predict(config: PredictConfig | None = None, *, on_chunk: Callable[[int], No
                    dry_run=cfg.dry_run, chunk_size=cfg.chunk_size, chunks=p.n_chunks,
                    letter_probabilities=not cfg.dry_run and letter_probabilities_available(),
                    triage_from=p.triage_note, seconds=round(seconds, 2),
-                   segments_per_second=round(predicted / seconds, 3) if predicted and seconds else None)
+                   segments_per_second=round(predicted / seconds, 3) if predicted and seconds else None,
+                   generation=student.inference if student is not None else _earlier(out, "generation"))
     if cfg.dry_run:
         summary["letter_counts"] = {}
     atomic_write_json(out / SUMMARY, summary)
     report(summary, out, p.settings[0], console)
     return out
+
+
+def _earlier(out: Path, key: str):
+    """``key`` of the summary an earlier run left (a rerun that loads no model keeps it)."""
+    try:
+        return json.loads((out / SUMMARY).read_text()).get(key)
+    except (OSError, ValueError):
+        return None
 
 
 def _describe(p: Plan) -> str:

@@ -5,6 +5,7 @@ Declaring touches no network: nothing is sent until ``app.run()`` (in :mod:`.bou
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..core.config import RemoteConfig
+from ..core.config import RemoteConfig, TrainConfig
 from ..core.errors import UserError
 from . import container
 
@@ -35,6 +36,12 @@ PREFETCH_TIMEOUT, CHECK_TIMEOUT = 3600, 600
 # never retried; preemptions are restarted by Modal without counting as retries.
 TRAIN_RETRIES, EVAL_RETRIES, PREFETCH_RETRIES = 2, 1, 2
 RETRY_DELAY = 30.0
+# Per GPU, what each GPU function reserves beside it (Modal's default is 0.125 core and 128 MiB:
+# the views would then be decoded on a fraction of a core while the GPU waits). Six cores: the
+# training loop, up to four data loader workers (training.trainers.MAX_WORKERS) and the rest;
+# 32 GiB: the process, its workers, a chunk of decoded views. Billed beside the GPU (about 8% of
+# an H100's price), and a request, not a limit.
+CPU_PER_GPU, MEMORY_PER_GPU_MIB = 6.0, 32 * 1024
 
 # The image's exact versions (constraints resolved for PLATFORM by uv; see lock.py).
 LOCK_FILE = Path(__file__).with_name("modal-image.lock")
@@ -76,6 +83,17 @@ class Resources:
     eval_gpu: str
     eval_timeout: int
 
+    @property
+    def train_host(self) -> tuple[float, int]:
+        """(cores, MiB) the training container reserves: per GPU."""
+        return CPU_PER_GPU * self.train_gpus, MEMORY_PER_GPU_MIB * self.train_gpus
+
+    @property
+    def eval_host(self) -> tuple[float, int]:
+        """(cores, MiB) an eval or predict container reserves: per GPU (one GPU unless --gpu says more)."""
+        count = parse_gpu(self.eval_gpu)[1]
+        return CPU_PER_GPU * count, MEMORY_PER_GPU_MIB * count
+
 
 def resources(rc: RemoteConfig) -> Resources:
     """Validate the Modal settings offline. Eval takes one GPU of the training type (it runs as
@@ -88,6 +106,34 @@ def resources(rc: RemoteConfig) -> Resources:
         if seconds > MAX_TIMEOUT:
             raise UserError(f"--timeout {seconds} exceeds Modal's limit of {MAX_TIMEOUT} s (24 h)")
     return res
+
+
+def duration(seconds: float) -> str:
+    """``4 h``, ``10 min``."""
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
+
+
+def guard_budget(cfgs: list[TrainConfig], rc: RemoteConfig, res: Resources) -> None:
+    """Before a dpo/grpo run is spawned: say how long it will take (steps x completion budget,
+    ``training.budget``), and refuse one whose estimate exceeds the timeout of one attempt
+    unless ``--timeout`` is raised or ``--yes`` given. Folds and sweep points: the longest."""
+    from ..training.budget import estimate_run
+    from ..training.trainers import save_steps
+
+    estimates = [(e, c) for c in cfgs if c.method in ("dpo", "grpo") and (e := estimate_run(c, res.train_gpus))]
+    if not estimates:
+        return
+    est, cfg = max(estimates, key=lambda x: x[0].seconds)
+    print(f"estimate: {est.line()}; timeout {duration(res.train_timeout)} per attempt", file=sys.stderr, flush=True)
+    if est.seconds <= res.train_timeout or rc.yes or cfg.resume:  # a resumed run is partly done
+        return
+    every = save_steps(cfg)
+    need = min(MAX_TIMEOUT, 3600 * math.ceil(1.25 * est.seconds / 3600))
+    raise UserError(
+        f"{est.method}: the estimated {est.seconds / 3600:.1f} h exceed the {duration(res.train_timeout)} timeout of "
+        f"one attempt: raise --timeout (e.g. --timeout {need}), shorten the run (--epochs, --num-samples, "
+        "--num-generations, --max-completion-length), or pass --yes to start it anyway"
+        + (f" (a checkpoint every {every} steps: a retried attempt resumes from it)" if every else ""))
 
 
 # ============================================================================ the image
@@ -232,14 +278,18 @@ def declare(remote_cfg: RemoteConfig, *, use_wandb: bool = False, environ=None,
     def retries(n: int, delay: float = RETRY_DELAY):
         return modal.Retries(max_retries=n, initial_delay=delay)
 
+    (train_cpu, train_mib), (eval_cpu, eval_mib) = res.train_host, res.eval_host
     return Remote(
         app=app,
-        train=app.function(gpu=res.train_gpu, timeout=res.train_timeout, retries=retries(TRAIN_RETRIES),
-                           single_use_containers=True, **common)(container.train_in_container),
-        evaluate=app.function(gpu=res.eval_gpu, timeout=res.eval_timeout, retries=retries(EVAL_RETRIES),
-                              single_use_containers=True, **common)(container.evaluate_in_container),
-        predict=app.function(gpu=res.eval_gpu, timeout=res.eval_timeout, retries=retries(EVAL_RETRIES),
-                             single_use_containers=True, **common)(container.predict_in_container),
+        train=app.function(gpu=res.train_gpu, cpu=train_cpu, memory=train_mib, timeout=res.train_timeout,
+                           retries=retries(TRAIN_RETRIES), single_use_containers=True,
+                           **common)(container.train_in_container),
+        evaluate=app.function(gpu=res.eval_gpu, cpu=eval_cpu, memory=eval_mib, timeout=res.eval_timeout,
+                              retries=retries(EVAL_RETRIES), single_use_containers=True,
+                              **common)(container.evaluate_in_container),
+        predict=app.function(gpu=res.eval_gpu, cpu=eval_cpu, memory=eval_mib, timeout=res.eval_timeout,
+                             retries=retries(EVAL_RETRIES), single_use_containers=True,
+                             **common)(container.predict_in_container),
         prefetch=app.function(cpu=4.0, memory=8192, timeout=PREFETCH_TIMEOUT, retries=retries(PREFETCH_RETRIES, 10.0),
                               volumes={"/models": volumes["/models"]}, secrets=[hf] if hf else [],
                               include_source=False)(container.prefetch_in_container),

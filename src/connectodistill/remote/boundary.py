@@ -19,11 +19,26 @@ def volume(name: str, create: bool = True):
 @contextmanager
 def running(app, detach: bool = True):
     """Run the app, build output and logs streamed to this terminal. Detached: a job spawned in
-    it keeps running when this process (or the laptop) goes away."""
-    import modal
+    it keeps running when this process (or the laptop) goes away.
 
+    Modal's runner swallows a Ctrl-C in the block (attached or detached; modal 1.6.4
+    runner.py:502-522) and, detached with output on, a lost connection (runner.py:523-529): the
+    ``with`` then ends as if the block had finished. Modal still sees both (it prints how to
+    follow the app and disconnects with the right reason); then they are raised again here, so
+    no caller mistakes an interrupted wait for a finished one.
+    """
+    import modal
+    from modal.exception import ConnectionError as ModalConnectionError
+
+    swallowed: list[BaseException] = []
     with modal.enable_output(), app.run(detach=detach):
-        yield
+        try:
+            yield
+        except (KeyboardInterrupt, ModalConnectionError) as e:
+            swallowed.append(e)
+            raise
+    if swallowed:  # reached only when Modal swallowed it
+        raise swallowed[0]
 
 
 def call(fn, **kwargs):

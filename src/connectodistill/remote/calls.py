@@ -19,6 +19,7 @@ from ..core.config import RemoteConfig
 from ..core.errors import UserError
 from . import boundary
 from .container import first_line
+from .volumes import say
 
 QUEUED, RUNNING, FINISHED, FAILED, CANCELLED, EXPIRED = (
     "queued", "running", "finished", "failed", "cancelled", "expired")
@@ -55,12 +56,18 @@ def client_errors() -> tuple[type[BaseException], ...]:
 
 
 def poll_call(call, timeout: float | None = 0, classify: Callable[[Any], CallState] = outcome_of) -> CallState:
-    """Where one call stands, waiting at most ``timeout`` seconds for its result."""
+    """Where one call stands, waiting at most ``timeout`` seconds for its result.
+
+    By exception type, never by message text (modal 1.6.4): a bare builtin ``TimeoutError`` is
+    "no result yet" (_functions.py:358); ``RemoteError`` is any end without a result
+    (function_utils.py:574): a cancel (the call graph says TERMINATED), a kernel OOM kill, an
+    eviction or a failed start.
+    """
     from modal.exception import (
         FunctionTimeoutError,
-        InputCancellation,
         NotFoundError,
         OutputExpiredError,
+        RemoteError,
     )
 
     try:
@@ -69,20 +76,37 @@ def poll_call(call, timeout: float | None = 0, classify: Callable[[Any], CallSta
         return CallState(EXPIRED, error="Modal no longer holds this call's result")
     except FunctionTimeoutError as e:
         return CallState(FAILED, reason="timeout", error=first_line(e))
-    except TimeoutError:  # the builtin one: no result yet
-        return CallState(RUNNING)
+    except TimeoutError as e:
+        if not e.args:  # Modal's own, bare: no result yet
+            return CallState(RUNNING)
+        return CallState(FAILED, reason=type(e).__name__, error=first_line(e))  # the function's, after retries
     except NotFoundError:
         return CallState(EXPIRED, error="Modal does not know this call (any more)")
     except client_errors():
         raise  # this machine cannot ask: not the call's failure
-    except InputCancellation:
-        return CallState(CANCELLED, reason="cancelled", error="cancelled")
+    except RemoteError as e:
+        if _terminated(call):
+            return CallState(CANCELLED, reason="cancelled", error="cancelled on Modal")
+        line = first_line(e) if str(e).strip() else (
+            "Modal ended the call without a result (out of memory on the host, an eviction or a failed "
+            "start: see its logs on the Modal dashboard)")
+        return CallState(FAILED, reason="RemoteError", error=line)
     except Exception as e:  # noqa: BLE001 - the remote function's exception, after its retries
-        line = first_line(e)
-        if "cancel" in line.lower() or "terminated" in line.lower():
-            return CallState(CANCELLED, reason="cancelled", error=line)
-        return CallState(FAILED, reason=type(e).__name__, error=line)
+        return CallState(FAILED, reason=type(e).__name__, error=first_line(e))
     return classify(result)
+
+
+def _terminated(call) -> bool:
+    """Whether Modal ended ``call`` by a cancel: its own input in the call graph (a root, since it
+    was spawned from here: call_graph.py:45-47) has status TERMINATED (types.py:66-78)."""
+    from modal.types import InputStatus
+
+    try:
+        graph = call.get_call_graph()
+    except Exception:  # noqa: BLE001 - best effort (its docstring says so): unknown is not cancelled
+        return False
+    own = [n for n in graph or [] if n.function_call_id == getattr(call, "object_id", None)]
+    return bool(own) and own[0].status == InputStatus.TERMINATED
 
 
 def wait_call(call, interval: float = 60.0, classify=outcome_of) -> CallState:
@@ -90,6 +114,31 @@ def wait_call(call, interval: float = 60.0, classify=outcome_of) -> CallState:
     while (state := poll_call(call, timeout=interval, classify=classify)).status == RUNNING:
         pass
     return state
+
+
+def is_connection_error(e: BaseException) -> bool:
+    """This machine lost Modal (the client's errors, or the network's), not a call's failure."""
+    return isinstance(e, (*client_errors(), OSError)) and not isinstance(e, TimeoutError)
+
+
+@contextmanager
+def keep_running_on_interrupt(what: Callable[[], str | None], follow: str):
+    """Around a block that spawns and waits for detached calls (outside ``boundary.running``, so
+    that Modal sees the interruption first): a Ctrl-C or a lost connection once something runs
+    (``what()`` says so, e.g. "3 run(s) keep running on Modal"; None: nothing started yet) ends
+    the command with that line and how to follow it, never with a status of its own.
+    Ctrl-C: the line, then KeyboardInterrupt again; a lost connection: a UserError."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if (started := what()) is not None:
+            say(f"stopped waiting: {started}; {follow}")
+        raise
+    except Exception as e:
+        started = what() if is_connection_error(e) else None
+        if started is None:
+            raise
+        raise UserError(f"lost the connection to Modal ({first_line(e)}); {started}: {follow}") from e
 
 
 # ============================================================================ fan-out

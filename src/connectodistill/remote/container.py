@@ -51,8 +51,11 @@ PROGRAM_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, N
 # ============================================================================ the functions
 def train_in_container(settings: dict, links: dict[str, str], run_name: str, gpus: int = 1,
                        runs_volume: str | None = None, models_volume: str | None = None,
-                       call_token: str | None = None) -> dict:
-    """Train into ``runs/train/<run_name>``; a folder with checkpoints is continued, not restarted."""
+                       call_token: str | None = None, gpu: str | None = None) -> dict:
+    """Train into ``runs/train/<run_name>``; a folder with checkpoints is continued, not restarted.
+    ``gpu``: what the container asked Modal for (checked before anything loads)."""
+    if failure := missing_gpu("train", run_name, gpu):
+        return _finish(TRAIN_DIR, run_name, call_token, runs_volume, failure)
     from ..training.recipe import train
     from ..training.runs import last_checkpoint
 
@@ -80,11 +83,13 @@ def train_in_container(settings: dict, links: dict[str, str], run_name: str, gpu
 
 
 def evaluate_in_container(settings: dict, links: dict[str, str], runs_volume: str | None = None,
-                          models_volume: str | None = None, call_token: str | None = None) -> dict:
+                          models_volume: str | None = None, call_token: str | None = None,
+                          gpu: str | None = None) -> dict:
     """Evaluate into ``runs/eval/<name>`` (the name is fixed by the caller)."""
-    from ..evaluation.recipe import evaluate
-
     name = settings.get("name") or "eval"
+    if failure := missing_gpu("eval", name, gpu):
+        return _finish(EVAL_DIR, name, call_token, runs_volume, failure)
+    from ..evaluation.recipe import evaluate
     try:
         cfg = EvalConfig(**{**settings, "output_dir": str(volumes_root() / "runs" / EVAL_DIR)})
         with _inputs_linked(links):
@@ -105,13 +110,15 @@ PREDICT_DIR = "predict"  # runs volume: predict/<name>/shard-NNNN/ (a predict ou
 
 def predict_in_container(settings: dict, links: dict[str, str], name: str, shard: int,
                          runs_volume: str | None = None, models_volume: str | None = None,
-                         call_token: str | None = None) -> dict:
+                         call_token: str | None = None, gpu: str | None = None) -> dict:
     """Predict one shard into ``runs/predict/<name>/shard-NNNN``, committing after every chunk, so
     a retried or preempted call resumes from the chunks already there."""
+    key = f"{name}/shard-{shard:04d}"
+    if failure := missing_gpu("predict", key, gpu):
+        return {**_finish(PREDICT_DIR, key, call_token, runs_volume, failure), "shard": shard}
     from ..core.config import PredictConfig
     from ..prediction.recipe import SUMMARY, predict
 
-    key = f"{name}/shard-{shard:04d}"
     out = volumes_root() / "runs" / PREDICT_DIR / key
     try:
         cfg = PredictConfig(**{**settings, "output": str(out), "progress": False})
@@ -208,6 +215,34 @@ def check_in_container(step: str, token: str, volumes: dict[str, str], model: st
 
 
 # ============================================================================ failures
+def in_modal_container() -> bool:
+    """Inside a Modal container (not ``.local()``, not this machine)."""
+    import modal
+
+    return not modal.is_local()
+
+
+def missing_gpu(kind: str, name: str, gpu: str | None) -> tuple[str, str] | None:
+    """("no gpu", one line) when this container asked for a GPU and has no working one, checked
+    before anything loads: else the recipes fall back to the CPU in fp32 (8B parameters) for
+    hours of billed GPU time. Returned, not raised: the outcome says so at once."""
+    if not gpu or not in_modal_container():
+        return None
+    import torch
+
+    if torch.cuda.is_available():
+        try:
+            torch.zeros(1, device="cuda")
+            return None
+        except Exception as e:  # noqa: BLE001 - a GPU that does not work is no GPU
+            why = f"CUDA fails: {first_line(e)}"
+    else:
+        why = (f"torch {torch.__version__} sees no CUDA device, "
+               f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}")
+    return "no gpu", (f"the {kind} container of {name} asked Modal for {gpu} and has no working GPU ({why}); "
+                      "nothing was loaded")
+
+
 class DeterministicFailure(Exception):
     """A failure found in a child's log (multi-GPU): ``reason`` and one line."""
 

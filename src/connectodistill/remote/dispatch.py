@@ -20,12 +20,13 @@ from pathlib import Path, PurePosixPath
 from ..core.config import EvalConfig, RemoteConfig, TrainConfig
 from ..core.errors import UserError
 from . import boundary
-from .app import declare, read_lock, resources
+from .app import declare, duration, guard_budget, read_lock, resources
 from .calls import (
     FAILED,
     FINISHED,
     RUNNING,
     CallState,
+    keep_running_on_interrupt,
     modal_errors,
     outcome_of,
     spawn_all,
@@ -92,6 +93,7 @@ def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | Non
     if not merged.is_file():
         raise UserError(f"merged dataset not found: {merged} (run `connectodistill merge` first)")
     model_dir = _local_input(train_cfg.model, "model")
+    guard_budget([train_cfg], remote_cfg, res)
     remote = declare(remote_cfg, use_wandb=train_cfg.use_wandb)
 
     with modal_errors(remote_cfg):
@@ -100,7 +102,7 @@ def train_remote(train_cfg: TrainConfig, remote_cfg: RemoteConfig) -> Path | Non
         links = training_links(train_cfg, remote_cfg, model_dir)
         kwargs = dict(settings=train_cfg.model_dump(mode="json"), links=links, run_name=run_name,
                       gpus=res.train_gpus, runs_volume=remote_cfg.runs_volume,
-                      models_volume=remote_cfg.models_volume)
+                      models_volume=remote_cfg.models_volume, gpu=res.train_gpu)
         local_dir = Path(train_cfg.run_dir) if train_cfg.run_dir else Path(train_cfg.output_dir) / run_name
         job = Job(TRAIN_DIR, run_name, str(local_dir), res.train_gpu, res.train_timeout)
         return _submit(remote, remote.train, kwargs, job, remote_cfg, runs,
@@ -145,7 +147,15 @@ def evaluate_many_remote(cfgs: list[EvalConfig], rc: RemoteConfig) -> list[Path]
         runs = boundary.volume(rc.runs_volume)
         calls = [_eval_call(c, rc, runs) for c in cfgs]
         say(f"evaluating {len(calls)} adapters on Modal at once ({calls[0][1].gpu}, one container each)")
-        with boundary.running(remote.app):
+        fan = None
+
+        def started():
+            running = [job.name for h, (_, job, _) in zip(fan.handles, calls, strict=True)
+                       if h.status == RUNNING] if fan is not None else []
+            return f"{len(running)} eval(s) keep running on Modal ({', '.join(running)})" if running else None
+
+        follow = "`connectodistill fetch NAME --follow` downloads each; then rerun the same command to pool them"
+        with keep_running_on_interrupt(started, follow), boundary.running(remote.app):
             for hub in {h for _, _, h in calls if h}:
                 _prefetch(remote, rc, hub)
             fan = spawn_all(remote.evaluate, [{**kw, "call_token": job.token} for kw, job, _ in calls],
@@ -219,7 +229,7 @@ def _eval_call(eval_cfg: EvalConfig, remote_cfg: RemoteConfig, runs) -> tuple[di
         raise UserError(f"an eval named {name} is still running on Modal: wait for it "
                         f"(`connectodistill fetch {name} --follow`) or pass --name")
     kwargs = dict(settings={**eval_cfg.model_dump(mode="json"), "name": name}, links=links,
-                  runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume)
+                  runs_volume=remote_cfg.runs_volume, models_volume=remote_cfg.models_volume, gpu=res.eval_gpu)
     job = Job(EVAL_DIR, name, str(local_dir), res.eval_gpu, res.eval_timeout)
     return kwargs, job, base_model if base_model and base_local is None else None
 
@@ -236,9 +246,10 @@ def _ask(question: str) -> bool:
 def _submit(remote, fn, kwargs: dict, job: Job, rc: RemoteConfig, runs, hub_model: str | None) -> Path | None:
     """Weights first (CPU), then spawn in a detached app; wait unless --detach; download."""
     verb = "training" if job.kind == TRAIN_DIR else "evaluating"
-    say(f"{verb} {job.name} on Modal ({job.gpu}, at most {_hours(job.timeout)} per attempt)")
-    interrupted, lost, state = False, None, None
-    with boundary.running(remote.app):
+    say(f"{verb} {job.name} on Modal ({job.gpu}, at most {duration(job.timeout)} per attempt)")
+    started = lambda: f"{job.name} (call {job.call_id}) keeps running on Modal" if job.call_id else None  # noqa: E731
+    follow = f"`connectodistill fetch {job.name} --follow` follows it, `--cancel` stops it"
+    with keep_running_on_interrupt(started, follow), boundary.running(remote.app):
         if hub_model:
             _prefetch(remote, rc, hub_model)
         (handle,) = spawn_all(fn, [{**kwargs, "call_token": job.token}]).handles
@@ -251,22 +262,7 @@ def _submit(remote, fn, kwargs: dict, job: Job, rc: RemoteConfig, runs, hub_mode
             return None
         say(f"call {job.call_id}: closing this terminal leaves it running "
             f"(`connectodistill fetch {job.name} --follow` reconnects)")
-        try:
-            state = wait_call(handle.call, WAIT_SLICE_SECONDS)
-        except KeyboardInterrupt:
-            interrupted = True
-        except Exception as e:
-            if not _is_connection_error(e):
-                raise
-            lost = e
-    if interrupted:
-        _say_started(job, "stopped waiting")
-        raise KeyboardInterrupt
-    if lost is not None:
-        raise UserError(f"lost the connection to Modal ({first_line(lost)}); {job.name} keeps running: "
-                        f"`connectodistill fetch {job.name} --follow`") from lost
-    if state is None:  # a detached app.run() swallows a Ctrl-C that came before the wait
-        raise KeyboardInterrupt
+        state = wait_call(handle.call, WAIT_SLICE_SECONDS)
     return _collect(runs, job, state, rc)
 
 
@@ -312,16 +308,6 @@ def _say_started(job: Job, how: str) -> None:
         f"  connectodistill fetch                        # status of every run; downloads finished ones\n"
         f"  connectodistill fetch {job.name} --follow   # stream its logs, then download\n"
         f"  connectodistill fetch {job.name} --cancel   # stop it")
-
-
-def _is_connection_error(e: BaseException) -> bool:
-    from .calls import client_errors
-
-    return isinstance(e, (*client_errors(), OSError)) and not isinstance(e, TimeoutError)
-
-
-def _hours(seconds: int) -> str:
-    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds / 60:g} min"
 
 
 def _only_a_stub(folder: Path) -> bool:
@@ -410,13 +396,10 @@ def remote_check(remote_cfg: RemoteConfig, *, gpu: str | None = None, model: str
     volumes = {mount: getattr(remote_cfg, f"{mount}_volume") for mount in MOUNTS}
     token = uuid.uuid4().hex
     say(f"checking Modal with app {remote_cfg.app_name} on {gpu or 'CPU'} (builds the image the first time)")
-    first = second = None
     with modal_errors(remote_cfg), boundary.running(remote.app, detach=False):
         first = boundary.call(remote.check, step="write", token=token, volumes=volumes, model=model,
                               expect_gpu=gpu is not None)
         second = boundary.call(remote.check, step="read", token=token, volumes=volumes)
-    if second is None:  # app.run() swallowed a Ctrl-C
-        raise KeyboardInterrupt
     checks = [*first["checks"], *second["checks"]]
     locked = read_lock().pins
     drift = [f"{lib} {v} (lock: {locked[lib.replace('_', '-')]})" for lib, v in first["versions"].items()

@@ -21,8 +21,17 @@ from pathlib import Path, PurePosixPath
 from ..core.config import RemoteConfig, TrainConfig
 from ..core.errors import UserError
 from . import boundary
-from .app import declare, resources
-from .calls import FAILED, FINISHED, QUEUED, RUNNING, Fanout, modal_errors, spawn_all
+from .app import declare, guard_budget, resources
+from .calls import (
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Fanout,
+    keep_running_on_interrupt,
+    modal_errors,
+    spawn_all,
+)
 from .container import RUN_CONFIG, TRAIN_DIR
 from .volumes import download, listdir, read_json, say, training_links
 
@@ -86,6 +95,7 @@ def train_many(jobs: list[TrainJob], rc: RemoteConfig, record_dir: Path, *, max_
     if not jobs:
         return {}
     say(estimate(jobs, rc))
+    guard_budget([j.cfg for j in jobs], rc, resources(rc))
     if confirm is not None and not confirm("start them?"):
         raise UserError("not started (answer yes, or pass --yes)")
     remote = declare(rc, use_wandb=jobs[0].cfg.use_wandb)
@@ -97,8 +107,15 @@ def train_many(jobs: list[TrainJob], rc: RemoteConfig, record_dir: Path, *, max_
         model = jobs[0].cfg.model
         links = training_links(jobs[0].cfg, rc, Path(model) if Path(model).exists() else None)
         kwargs = [dict(settings=j.cfg.model_dump(mode="json"), links=links, run_name=j.name, gpus=res.train_gpus,
-                       runs_volume=rc.runs_volume, models_volume=rc.models_volume) for j in jobs]
-        with boundary.running(remote.app):
+                       runs_volume=rc.runs_volume, models_volume=rc.models_volume, gpu=res.train_gpu) for j in jobs]
+        fan = None
+
+        def started():
+            n = sum(h.status == RUNNING for h in fan.handles) if fan is not None else 0
+            return f"{n} run(s) keep running on Modal" if n else None
+
+        follow = "rerun the same command to follow them and download the finished ones (`connectodistill fetch` lists them)"
+        with keep_running_on_interrupt(started, follow), boundary.running(remote.app):
             fan = _resume_or_spawn(remote.train, kwargs, jobs, record_dir, max_parallel)
             _write_record(record_dir, fan, jobs)
             if rc.detach:

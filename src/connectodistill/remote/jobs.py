@@ -48,6 +48,7 @@ def failure_line(name: str, kind: str, state: CallState, rc: RemoteConfig) -> st
         "timeout": (f"continue it with `connectodistill train --remote --resume --run-dir {name}` "
                     "(and a larger --timeout)") if kind == TRAIN_DIR else "raise --timeout",
         "missing module": "the image lacks a package: refresh the lock (docs/modal.md)",
+        "no gpu": "rerun it (a fresh container); `connectodistill remote check --gpu GPU` checks the image's CUDA",
     }
     what = state.status if state.status in (CANCELLED, EXPIRED) else "failed"
     line = f"{name} {what} on Modal: {error}"

@@ -25,7 +25,15 @@ from ..core.config import PredictConfig, RemoteConfig
 from ..core.errors import UserError
 from . import boundary
 from .app import declare, resources
-from .calls import FAILED, FINISHED, QUEUED, RUNNING, Fanout, modal_errors
+from .calls import (
+    FAILED,
+    FINISHED,
+    QUEUED,
+    RUNNING,
+    Fanout,
+    keep_running_on_interrupt,
+    modal_errors,
+)
 from .container import PREDICT_DIR
 from .volumes import download, listdir, say, upload
 
@@ -109,31 +117,30 @@ def predict_remote(cfg: PredictConfig, rc: RemoteConfig) -> Path:
         counts = {s: sum(v == s for v in status.values()) for s in ("here", "volume", "todo")}
         say(f"predict {name}: {p.source.total} segments in {len(ranges)} shards on Modal ({res.eval_gpu} each); "
             f"{counts['here']} here already, {counts['volume']} finished on the volume, {counts['todo']} to run")
-        fan, interrupted = None, False
+        fan = None
         if todo:
             links = _stage_model(cfg, p, out, rc, base_model, base_local)
             kwargs = {k: _shard_kwargs(cfg, p, out, rc, name, k, rng, links) for k, rng in
                       _stage_inputs(p, out, ranges, set(todo))}
-            with boundary.running(remote.app):
+
+            def started():  # remote_shards.json is saved on every change: a rerun re-attaches them
+                n = sum(h.status == RUNNING for h in fan.handles) if fan is not None else 0
+                return f"{n} shard(s) keep running on Modal" if n else None
+
+            with keep_running_on_interrupt(started, "rerun the same command to pick them up"), \
+                    boundary.running(remote.app):
                 if base_model and base_local is None:
                     from .dispatch import _prefetch
 
                     _prefetch(remote, rc, base_model)
                 fan = _fanout(remote.predict, todo, kwargs, state)
                 _save_state(out, name, ranges, todo, fan)
-                try:
-                    _wait(fan, todo, out, name, ranges)
-                    if fan.failed():
-                        say(f"retrying {len(fan.failed())} failed shard(s) alone")
-                        fan.retry_failed()
-                        _save_state(out, name, ranges, todo, fan)
-                        _wait(fan, todo, out, name, ranges)
-                except KeyboardInterrupt:  # a detached app.run() swallows it: raised again below
+                _wait(fan, todo, out, name, ranges)
+                if fan.failed():
+                    say(f"retrying {len(fan.failed())} failed shard(s) alone")
+                    fan.retry_failed()
                     _save_state(out, name, ranges, todo, fan)
-                    interrupted = True
-            if interrupted:
-                say("stopped waiting: the shards keep running on Modal; rerun the same command to pick them up")
-                raise KeyboardInterrupt
+                    _wait(fan, todo, out, name, ranges)
             for h, k in zip(fan.handles, todo, strict=True):
                 if h.status == FINISHED:
                     status[k] = "volume"
@@ -249,7 +256,7 @@ def _shard_kwargs(cfg: PredictConfig, p, out: Path, rc: RemoteConfig, name: str,
                     row_offset=rng[0], shards=None, csv=False, force=False, threshold=None, triage_from=None,
                     config_name=None, dataset_split=None, progress=False)
     return dict(settings=settings, links={**links, shard: key}, name=name, shard=k, runs_volume=rc.runs_volume,
-                models_volume=rc.models_volume)
+                models_volume=rc.models_volume, gpu=resources(rc).eval_gpu)
 
 
 # ============================================================================ calls

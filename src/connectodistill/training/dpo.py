@@ -142,6 +142,21 @@ def on_policy_pairs(model, processor, cands: dict, samples: dict, data, cfg: Tra
     return pairs
 
 
+def sampled_once(pairs: list[Pair], sample, path: Path) -> list[Pair]:
+    """``pairs`` plus the on-policy ones, sampled by the main process alone and written to
+    ``path`` (pairs.parquet), which every process then reads. Ranks sampling on their own draw
+    different pairs, so different counts, so different numbers of steps: DDP then waits forever
+    for the rank that stopped first."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.is_main_process:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_pairs(pairs + sample(), path)
+    state.wait_for_everyone()
+    return read_pairs(path)
+
+
 def completion_budget(cfg: TrainConfig) -> int:
     """Generation budget for sampled answers: an analysis and an answer (the answer alone)."""
     return cfg.max_completion_length or (16 if cfg.answer_only else 512)
@@ -249,7 +264,8 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
     if resume_from and (run_dir / PAIRS_FILE).is_file():  # the same pairs, sampled ones included
         pairs = read_pairs(run_dir / PAIRS_FILE)
     elif cfg.on_policy:
-        pairs += on_policy_pairs(model, processor, cands, train_samples, data, cfg)
+        pairs = sampled_once(pairs, lambda: on_policy_pairs(model, processor, cands, train_samples, data, cfg),
+                             run_dir / PAIRS_FILE)
     if cfg.num_samples:
         pairs = pairs[: cfg.num_samples]
     if not pairs:
@@ -290,7 +306,7 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
     )
     trainer = trainers.with_val_accuracy(DPOTrainer)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=processor,
-        callbacks=callbacks or [],
+        callbacks=[*(callbacks or []), *trainers.step_checkpoints(cfg)],
         val_accuracy=(processor, val_ex, image_cols, max(cfg.batch_size, 4), cfg.max_new_tokens)
         if select_by == "val_accuracy" else None,
     )

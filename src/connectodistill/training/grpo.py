@@ -201,7 +201,8 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
     )
     trainer = trainers.with_val_accuracy(GRPOTrainer)(
         model=model, reward_funcs=rewards.funcs, args=args, train_dataset=train_ds,
-        eval_dataset=train_ds if metric else None, processing_class=processor, callbacks=callbacks or [],
+        eval_dataset=train_ds if metric else None, processing_class=processor,
+        callbacks=[*(callbacks or []), *trainers.step_checkpoints(cfg)],
         val_accuracy=(processor, val_ex, data.image_cols, max(cfg.batch_size, 4), cfg.max_new_tokens)
         if metric else None,
     )

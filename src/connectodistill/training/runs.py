@@ -350,6 +350,7 @@ def run_config(cfg: TrainConfig, *, method: str, data, processor, model, budget:
         "global_step": trainer.state.global_step,
         "resumed_from": resume_from,
         "train_seconds": round(train_seconds, 2),
+        "dataloader_workers": trainer.args.dataloader_num_workers,
         "fold": fold,
         "splits": data.splits,
         **extra,

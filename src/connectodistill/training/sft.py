@@ -94,7 +94,7 @@ def train_sft(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     )
     trainer = DistillTrainer(
         model=model, args=args, train_dataset=train_ex, eval_dataset=val_ex if has_val else None,
-        data_collator=collator, callbacks=callbacks or [],
+        data_collator=collator, callbacks=[*(callbacks or []), *trainers.step_checkpoints(cfg)],
         val_accuracy=(processor, cfg.max_new_tokens) if cfg.select_by == "val_accuracy" else None,
     )
     t_train = time.time()

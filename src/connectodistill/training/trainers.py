@@ -4,13 +4,49 @@ accuracy as an evaluation, and a dataset whose views are decoded per batch."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 from ..core.config import TrainConfig
 
-__all__ = ["gradient_checkpointing", "lazy_image_dataset", "selection", "trainer_arguments", "val_accuracy",
-           "with_val_accuracy"]
+__all__ = ["data_workers", "default_workers", "gradient_checkpointing", "lazy_image_dataset", "save_steps",
+           "selection", "step_checkpoints", "trainer_arguments", "val_accuracy", "with_val_accuracy"]
+
+# Enough to keep one GPU fed: the collator takes ~0.6 s per batch of two 1024 px samples on one
+# core (bench/README.md, loader) against a ~0.7 s 8B step per GPU; more only costs memory.
+MAX_WORKERS = 4
+
+
+def default_workers(*, cuda: bool, cpus: int, ranks: int = 1) -> int:
+    """Data loader workers per training process: none on the CPU (they would take the cores the
+    model's own ops use), else the process's share of the cores less two (the training loop and
+    the rest), at most MAX_WORKERS. A 2-core machine gets 0."""
+    if not cuda:
+        return 0
+    return max(0, min(MAX_WORKERS, cpus // max(1, ranks) - 2))
+
+
+def usable_cpus() -> int:
+    """Cores this process may use: its affinity, capped by a cgroup v2 CPU quota (a container)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return n
+
+
+def data_workers(cfg: TrainConfig) -> int:
+    """``cfg.num_workers``, else :func:`default_workers` for this machine and process count."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    import torch
+
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return default_workers(cuda=torch.cuda.is_available(), cpus=usable_cpus(), ranks=ranks)
 
 
 def gradient_checkpointing(cfg: TrainConfig) -> bool:
@@ -27,6 +63,7 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
 
     cuda = torch.cuda.is_available()
     gc = gradient_checkpointing(cfg)
+    workers = data_workers(cfg)
     # transformers 5 renamed gradient_checkpointing* to activation_checkpointing* (the old names warn)
     ckpt = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
             else "gradient_checkpointing")
@@ -53,9 +90,40 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
         run_name=run_dir.name,
         seed=cfg.seed,
         remove_unused_columns=False,  # the images are added to each batch from the merged rows
-        dataloader_num_workers=0,
+        # The views are decoded and processed in worker processes beside the loop, kept between
+        # epochs (starting them again each epoch costs a fork of the whole process).
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
         disable_tqdm=not cfg.progress,
     )
+
+
+def save_steps(cfg: TrainConfig) -> int | None:
+    """Optimizer steps between checkpoints (None: only at epoch ends)."""
+    from ..core.config import METHOD_SAVE_STEPS
+
+    n = METHOD_SAVE_STEPS.get(cfg.method) if cfg.save_steps is None else cfg.save_steps
+    return n or None
+
+
+def step_checkpoints(cfg: TrainConfig) -> list:
+    """A callback saving a checkpoint every :func:`save_steps` optimizer steps, on top of the epoch
+    ends (a retried attempt resumes from the last one). A callback, not ``save_strategy="steps"``:
+    with the kept weights chosen on val (``load_best_model_at_end``) the Trainer wants evaluation
+    on the same schedule as saving, and an evaluation (greedy val answers) every few steps would
+    cost more than the checkpoints save."""
+    n = save_steps(cfg)
+    if not n:
+        return []
+    from transformers import TrainerCallback
+
+    class EveryNSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step % n == 0:
+                control.should_save = True
+            return control
+
+    return [EveryNSteps()]
 
 
 def selection(cfg: TrainConfig, *, val_samples: int, val_loss: bool) -> tuple[str, str | None, bool | None]:
@@ -127,10 +195,18 @@ def lazy_image_dataset(records: list[dict], rows: list[dict], image_cols: tuple[
     that N pairs of one sample never hold N copies of its views."""
     import datasets
 
-    from ..core.conversation import load_images
+    return datasets.Dataset.from_list(records).with_transform(_AddImages(rows, image_cols))
 
-    def add_images(batch):
-        batch["images"] = [load_images(rows[i], image_cols) for i in batch["row"]]
+
+class _AddImages:
+    """The transform of :func:`lazy_image_dataset`: a class, not a closure, so that data loader
+    workers started with ``spawn`` (not ``fork``) can receive it pickled."""
+
+    def __init__(self, rows: list[dict], image_cols: tuple[str, ...]):
+        self.rows, self.image_cols = rows, image_cols
+
+    def __call__(self, batch):
+        from ..core.conversation import load_images
+
+        batch["images"] = [load_images(self.rows[i], self.image_cols) for i in batch["row"]]
         return batch
-
-    return datasets.Dataset.from_list(records).with_transform(add_images)
