@@ -30,8 +30,9 @@ leaves its figures.
 Wheels to carry to the GPU machine (it has torch, transformers, peft, accelerate, typer,
 pandas, pyarrow, pillow, torchvision, but no pydantic, datasets or bitsandbytes): pydantic,
 pydantic-core, annotated-types, typing-inspection, typing-extensions (pydantic 2.14 wants
->= 4.16), bitsandbytes. ``connectodistill.core.config`` (imported by ``training``) needs pydantic;
-this script never imports ``datasets``. ``bench/gpu_device.sh`` installs them (``--no-deps``)
+>= 4.16), bitsandbytes, datasets (with dill and multiprocess: the kit's ``make_benchmark``
+writes datasets features). ``connectodistill.core.config`` (imported by ``training``) needs
+pydantic. ``bench/gpu_device.sh`` installs them (``--no-deps``)
 and runs this script; its header has the ``pip download`` command.
 
 The script is split by concern into modules beside it (bench/ is put on ``sys.path`` first, so
