@@ -1,7 +1,8 @@
 """GPU truth: the real-size student (Qwen3-VL-8B-Instruct's architecture) measured in one run.
 
-Builds Qwen3-VL-8B-Instruct's architecture from its published config (written below; no Hub,
-no checkpoint: random init directly on the GPU in bf16) and measures, with three views per
+Builds Qwen3-VL-8B-Instruct's architecture (``--model qwen3.5-9b``: Qwen3.5-9B's) from its
+published config (gpu_shapes.py; no Hub, no checkpoint: random init directly on the GPU in
+bf16) and measures, with three views per
 sample through the project's own collator (``training.DistillCollator``), processor budget
 (``modeling.load_processor``), model building and LoRA (``modeling.build_model_from_config``,
 ``modeling.add_lora``) and generation (``generation.generate_answers``):
@@ -18,7 +19,10 @@ sample through the project's own collator (``training.DistillCollator``), proces
   checkpoint and one training step, if bitsandbytes imports (else the JSON says why).
 
     python bench/gpu.py                                   # CUDA GPU -> bench/results/gpu.json
+    python bench/gpu.py --model qwen3.5-9b --output bench/results/gpu-qwen3.5-9b.json
     python bench/gpu.py --smoke --output /tmp/gpu.json    # tiny config, CPU, ~20 s (the test)
+
+Every run also builds both real configs on the meta device (parameters, LoRA size).
 
 Every section has a time estimate and the whole run a budget (``--budget-s``, default 420 s
 so that it ends inside 8 minutes on one H200); the estimates sum under the budget (checked by
@@ -29,8 +33,9 @@ short still leaves its figures.
 Wheels to carry to the GPU machine (it has torch, transformers, peft, accelerate, typer,
 pandas, pyarrow, pillow, torchvision, but no pydantic, datasets or bitsandbytes): pydantic,
 pydantic-core, annotated-types, typing-inspection, typing-extensions (pydantic 2.14 wants
->= 4.16), bitsandbytes. ``connectodistill.core.config`` (imported by ``training``) needs pydantic;
-this script never imports ``datasets``. ``bench/gpu_device.sh`` installs them (``--no-deps``)
+>= 4.16), bitsandbytes, datasets (with dill and multiprocess: the kit's ``make_benchmark``
+writes datasets features). ``connectodistill.core.config`` (imported by ``training``) needs
+pydantic. ``bench/gpu_device.sh`` installs them (``--no-deps``)
 and runs this script; its header has the ``pip download`` command.
 
 The script is split by concern into modules beside it (bench/ is put on ``sys.path`` first, so
@@ -85,7 +90,7 @@ from gpu_sections import (  # noqa: E402
     section_small_budget,
     section_train,
 )
-from gpu_shapes import QWEN3_VL_8B_CONFIG, TINY_CONFIG, meta_check, model_config  # noqa: E402
+from gpu_shapes import MODELS, meta_check, model_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "bench" / "results" / "gpu.json"
@@ -114,7 +119,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true",
-                    help="tiny Qwen3-VL config on the CPU (or GPU), small everything: the test")
+                    help="tiny config of --model's family on the CPU (or GPU), small everything: the test")
+    ap.add_argument("--model", choices=list(MODELS), default="qwen3-vl-8b",
+                    help="the real shape measured (default qwen3-vl-8b, the default student)")
     ap.add_argument("--output", type=Path, default=None,
                     help=f"JSON path (default {DEFAULT_OUTPUT.relative_to(ROOT)}; required with --smoke)")
     ap.add_argument("--device", default=None, help="default: cuda:0 when present, else cpu")
@@ -169,6 +176,7 @@ def main(argv=None) -> int:
     modeling, generate_answers, Example, DistillCollator = project_api()
     if args.max_pixels is None:
         args.max_pixels = modeling.DEFAULT_MAX_PIXELS
+    spec = MODELS[args.model]
     device = args.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
     cuda = device.startswith("cuda")
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -184,9 +192,10 @@ def main(argv=None) -> int:
         "started_utc": now_utc(),
         "machine": machine_info(device),
         "library_versions": library_versions(),
-        # The name as the JSON has always spelt it (TINY_CONFIG now lives in gpu_shapes.py).
-        "model": {"name": "tiny Qwen3-VL (bench/gpu.py TINY_CONFIG)" if args.smoke
-                  else "Qwen3-VL-8B-Instruct architecture, random init"},
+        # The 8B's names as the JSON has always spelt them (TINY_CONFIG now lives in gpu_shapes.py).
+        "model": {"name": (f"tiny {spec['kind']} (bench/gpu_shapes.py)" if args.model != "qwen3-vl-8b"
+                           else "tiny Qwen3-VL (bench/gpu.py TINY_CONFIG)") if args.smoke
+                  else f"{spec['name']} architecture, random init", "key": args.model},
         "settings": {k: v for k, v in vars(args).items() if not k.startswith("_")},
         "assumptions": {
             "views_per_sample": 3,
@@ -221,18 +230,19 @@ def main(argv=None) -> int:
             from connectodistill.synthetic.student import make_processor
 
             t = time.perf_counter()
-            processor_dir = make_processor(work / "processor", "qwen3-vl")
+            processor_dir = make_processor(work / "processor", spec["kind"])
             from connectodistill.core.modeling import load_processor
 
             tokenizer = load_processor(str(processor_dir))[0].tokenizer
-            meta = meta_check(modeling, tokenizer, lora)
-            doc["model"]["meta_check_8b"] = meta
-            doc["checks"]["params_8b_in_range"] = meta["params_in_range"]
-            doc["checks"]["lora_trainable_8b_in_range"] = meta["lora_trainable_in_range"]
-            failed_checks = not (meta["params_in_range"] and meta["lora_trainable_in_range"])
+            for key, tag in (("qwen3-vl-8b", "8b"), ("qwen3.5-9b", "9b")):  # both real shapes, always
+                meta = meta_check(modeling, tokenizer, lora, key)
+                doc["model"][f"meta_check_{tag}"] = meta
+                doc["checks"][f"params_{tag}_in_range"] = meta["params_in_range"]
+                doc["checks"][f"lora_trainable_{tag}_in_range"] = meta["lora_trainable_in_range"]
+                failed_checks |= not (meta["params_in_range"] and meta["lora_trainable_in_range"])
             n = max([16, *args.gen_batch_sizes, *args.memory_batch_sizes, *args.batch_sizes])
             rows, image_cols, examples = make_samples(work, n, args.image_size, args.target_chars, Example)
-            cfg = model_config(TINY_CONFIG if args.smoke else QWEN3_VL_8B_CONFIG, tokenizer)
+            cfg = model_config(spec["tiny"] if args.smoke else spec["config"], tokenizer)
             doc["model"]["config"] = cfg.to_dict()
             doc["setup_s"] = round(time.perf_counter() - t, 2)
             report.save()

@@ -3,7 +3,8 @@
 #
 # The machine has python3 3.12 (/opt/torch/.venv) with torch, transformers, peft, accelerate,
 # typer, pandas, pyarrow, pillow, torchvision, but no pydantic (connectodistill.core.config needs it),
-# datasets (not needed here) or bitsandbytes, and it reaches no package registry: those wheels
+# datasets (the kit's make_benchmark writes datasets features) or bitsandbytes, and it reaches no
+# package registry: those wheels
 # travel in the repository tree, in .whl/ (git-ignored, ~46 MB of the 64 MiB a call may carry).
 #
 # Preparation, once, here (linux x86_64, CPython 3.12 like the device; for a 3.11 image use
@@ -14,7 +15,10 @@
 #     --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
 #     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl \
 #     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-#     typing-extensions==4.16.0 bitsandbytes==0.50.2
+#     typing-extensions==4.16.0 bitsandbytes==0.50.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+#
+# (datasets 5.2 wants pyarrow >= 24: bench/gpu_qwen35_device.sh installs a carried pyarrow 26.0.1
+# from .whl/extra/ only where the machine's is older.)
 #
 # (pydantic 2.14.4 pins pydantic-core 2.50.5 and wants typing-extensions >= 4.16; bitsandbytes
 # 0.50.2 ships libbitsandbytes_cuda130.so for the device's torch 2.11+cu130.)

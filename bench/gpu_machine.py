@@ -42,7 +42,8 @@ def library_versions() -> dict:
 
     out = {"python": platform.python_version()}
     for pkg in ("connectodistill", "torch", "transformers", "peft", "accelerate", "pydantic",
-                "bitsandbytes", "tokenizers", "torchvision", "pillow"):
+                "bitsandbytes", "tokenizers", "torchvision", "pillow", "flash-linear-attention",
+                "fla-core", "causal-conv1d"):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:

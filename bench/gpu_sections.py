@@ -470,6 +470,10 @@ def print_table(doc: dict) -> None:
     for name, sec in secs.items():
         if not str(sec.get("status", "")).startswith("done"):
             lines.append(f"{name}: {sec.get('status')}")
+    m = doc["model"].get("meta_check_9b", {})
+    if m:
+        lines.append(f"Qwen3.5-9B on meta: {m.get('params_total', 0) / 1e9:.3f}B params, LoRA trainable "
+                     f"{m.get('lora_trainable_language_model', 0) / 1e6:.2f}M")
     m = doc["model"].get("meta_check_8b", {})
     if m:
         lines.append(f"8B on meta: {m.get('params_total', 0) / 1e9:.3f}B params, LoRA trainable "

@@ -103,7 +103,65 @@ def test_real_8b_config_on_meta(smoke):
     assert 8.6e9 <= meta["params_total"] <= 8.9e9
     assert 570e6 <= meta["params_vision"] <= 580e6
     assert 43e6 <= meta["lora_trainable_language_model"] <= 44e6
-    assert doc["checks"] == {"params_8b_in_range": True, "lora_trainable_8b_in_range": True}
+    assert doc["checks"] == {"params_8b_in_range": True, "lora_trainable_8b_in_range": True,
+                             "params_9b_in_range": True, "lora_trainable_9b_in_range": True}
+
+
+def test_qwen35_9b_config_on_meta(smoke):
+    """Qwen3.5-9B's shape: ~9.4B parameters; LoRA on all 248 decoder linears, the Gated DeltaNet
+    projections included (the Qwen-VL pattern would adapt 128 of them, ~29M parameters)."""
+    doc, stdout = smoke
+    meta = doc["model"]["meta_check_9b"]
+    assert 9.3e9 <= meta["params_total"] <= 9.5e9 and 450e6 <= meta["params_vision"] <= 460e6
+    assert meta["lora_adapted_linears"] == 32 * 3 + 24 * 5 + 8 * 4  # MLP everywhere, 24 linear + 8 full mixers
+    assert 43e6 <= meta["lora_trainable_language_model"] <= 44e6
+    assert "Qwen3.5-9B on meta" in stdout
+
+
+def test_the_qwen35_shape_runs_the_same_sections(tmp_path):
+    """--model qwen3.5-9b: the sections a GPU run measures, on its tiny config (the hybrid layers)."""
+    out = tmp_path / "gpu35.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--model", "qwen3.5-9b", "--sections",
+                           "train,generation", "--output", str(out)], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    doc = json.loads(out.read_text())
+    assert doc["model"]["key"] == "qwen3.5-9b" and doc["model"]["config"]["model_type"] == "qwen3_5"
+    for name in ("train", "generation"):
+        assert doc["sections"][name]["status"] == "done", doc["sections"][name]
+    row = doc["sections"]["train"]["rows"][0]
+    assert row["loss_finite"] and _finite_positive(row["flops_per_step"]) and row["image_tokens_per_sample"] == 12
+
+
+def test_flop_count_of_the_hybrid_layers():
+    """Qwen3.5: 2 x the linear weights per token (gated q_proj, Gated DeltaNet projections) plus
+    the token mixers' own terms, against the tiny model's structure."""
+    import torch
+    from transformers import AutoConfig
+
+    shapes, flops = _load_bench_module("gpu_shapes"), _load_bench_module("gpu_flops")
+    from connectodistill.core.modeling import build_model_from_config
+
+    d = json.loads(json.dumps(shapes.TINY_QWEN35_CONFIG))
+    d["text_config"]["vocab_size"] = 256
+    cfg = AutoConfig.for_model(d.pop("model_type"), **d)
+    model = build_model_from_config(cfg, device="cpu", dtype=torch.float32)
+    text_lin = sum(m.weight.numel() for n, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and "visual" not in n)
+    t = cfg.text_config
+    conv = 2 * t.linear_conv_kernel_dim * (2 * 16 + 2 * 16)  # kernel x conv_dim (2 key + value dims)
+    delta = 2 * 3 * 16 * 16 * 2  # 3 key x value products per value head
+    attn = 2 * t.num_attention_heads * t.head_dim * 2  # one token, the full-attention layer
+    f = flops.step_flops(cfg, [1], [], lora_r=0, tune_vision=False)
+    assert f["forward"] == 2 * text_lin + conv + delta + attn
+    lin = {k: sum(m.weight.numel() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and k in n)
+           for k in (".visual.blocks.", "merger")}
+    embed = model.model.visual.patch_embed.proj.weight.numel()
+    vis_attn = cfg.vision_config.depth * 4 * cfg.vision_config.hidden_size * 64 * 64
+    g = flops.step_flops(cfg, [1], [(1, 8, 8)], lora_r=0, tune_vision=False)
+    # one merger per merged token: Qwen3.5 has no deepstack mergers
+    assert g["vision_forward"] == 2 * 64 * (embed + lin[".visual.blocks."]) + 2 * 16 * lin["merger"] + vis_attn
 
 
 def test_metadata_and_skipped_4bit(smoke):

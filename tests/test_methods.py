@@ -100,9 +100,23 @@ def qwen25_run(merged_small, tmp_path_factory):
                  run_name="parent25", num_samples=16, **{**FAST, "batch_size": 8, "learning_rate": 3e-3})
 
 
-@pytest.fixture(params=["qwen3-vl", "qwen2.5-vl"])
-def parent(request, trained_run):
-    return trained_run if request.param == "qwen3-vl" else request.getfixturevalue("qwen25_run")
+@pytest.fixture(scope="module")
+def qwen35_run(merged_small, tmp_path_factory):
+    """A quick SFT run of a tiny Qwen3.5 student (hybrid layers, the <think> template)."""
+    from connectodistill.synthetic import make_tiny_student
+    from connectodistill.training import train
+
+    student = make_tiny_student(tmp_path_factory.mktemp("students35") / "qwen3.5", kind="qwen3.5")
+    return train(augmented_dataset=merged_small, model=str(student), output_dir=tmp_path_factory.mktemp("runs35"),
+                 run_name="parent35", num_samples=16, **{**FAST, "batch_size": 8, "learning_rate": 3e-3})
+
+
+PARENTS = {"qwen3-vl": "trained_run", "qwen2.5-vl": "qwen25_run", "qwen3.5": "qwen35_run"}
+
+
+@pytest.fixture(params=list(PARENTS))
+def parent(request):
+    return request.getfixturevalue(PARENTS[request.param])
 
 
 def finite_losses(run: Path) -> list[float]:
@@ -160,7 +174,8 @@ def test_dpo_continues_an_sft_run(parent, merged_small, tmp_path):
 def test_grpo_rewards_match_the_parser(parent, merged_small, tmp_path):
     from connectodistill.training import train
 
-    answer_only = parent.name.startswith("qwen2.5-vl")  # one student also covers the no-thinking variant
+    # the no-thinking variant on two students; on Qwen3.5 after its template's empty think block
+    answer_only = parent.name.startswith(("qwen2.5-vl", "qwen3.5"))
     run = train(method="grpo", from_run=parent, augmented_dataset=merged_small, output_dir=tmp_path,
                 run_name="grpo", num_samples=2, num_generations=4, max_completion_length=8 if answer_only else 48,
                 answer_only=answer_only, **FAST)
@@ -197,6 +212,8 @@ def test_grpo_rewards_match_the_parser(parent, merged_small, tmp_path):
         rendered = processor.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
                                                  tokenize=False)
         assert rendered.endswith(ANSWER_ONLY_PREFILL) and set(g["rewards"]) == {"correct"}
+        if cfg["model_kind"] == "qwen3.5":
+            assert rendered.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n" + ANSWER_ONLY_PREFILL)
         assert processor.tokenizer.padding_side == "right"  # left padding was only for TRL
 
 

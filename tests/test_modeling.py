@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from connectodistill.core.errors import UserError
+from connectodistill.core.families import FAMILIES, kinds
 from connectodistill.core.modeling import (
     add_lora,
     load_model,
@@ -18,7 +19,7 @@ from connectodistill.core.modeling import (
     visual_token_factor,
 )
 
-KINDS = ("qwen3-vl", "qwen2.5-vl", "qwen2-vl")
+KINDS = kinds()  # every family of the table (core/families.py)
 VIEW = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
@@ -51,14 +52,34 @@ def test_model_kind_from_config_and_model(students, kind):
     config = AutoConfig.from_pretrained(students[kind])
     assert model_kind(config) == kind
     assert model_kind(SimpleNamespace(config=config)) == kind
-    assert visual_token_factor(kind) == (32 if kind == "qwen3-vl" else 28)
+    assert visual_token_factor(kind) == (32 if kind in ("qwen3-vl", "qwen3.5") else 28)
+    ip = load_processor(students[kind])[0].image_processor
+    assert ip.patch_size * ip.merge_size == visual_token_factor(kind)
 
 
 def test_model_kind_unknown_is_a_user_error():
-    with pytest.raises(UserError, match="llama"):
+    with pytest.raises(UserError, match="llama") as e:
         model_kind(SimpleNamespace(model_type="llama"))
+    # one line that lists every family of the table
+    assert "\n" not in str(e.value) and all(f"{f.kind} ({f.model_type}" in str(e.value) for f in FAMILIES)
     with pytest.raises(UserError):
         visual_token_factor("llava")
+
+
+def test_an_unsupported_model_folder_fails_before_loading(students, tmp_path):
+    """A model type outside the table fails on its config.json, before weights or processor."""
+    import shutil
+
+    from transformers import Gemma4Config
+
+    folder = tmp_path / "gemma4"
+    shutil.copytree(students["qwen3-vl"], folder)
+    (folder / "config.json").unlink()
+    Gemma4Config().save_pretrained(folder)
+    for load in (load_model, load_processor):
+        with pytest.raises(UserError, match="unsupported model type 'gemma4'") as e:
+            load(folder)
+        assert "\n" not in str(e.value) and "qwen3.5 (qwen3_5" in str(e.value)
 
 
 # --------------------------------------------------------------------------- processor
@@ -190,6 +211,14 @@ def _adapted(peft_model) -> list[str]:
     return [n for n, m in peft_model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A)]
 
 
+def _language_linears(model) -> int:
+    """Linear layers per decoder block, counted from the config: attention (q, k, v, o) or
+    Qwen3.5's Gated DeltaNet (in_proj_qkv, _z, _a, _b, out_proj), and the MLP's three."""
+    text = model.config.get_text_config()
+    types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
+    return sum(3 + (5 if t == "linear_attention" else 4) for t in types)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_lora_language_model_only_by_default(students, kind):
     model = load_model(students[kind])
@@ -199,8 +228,11 @@ def test_lora_language_model_only_by_default(students, kind):
 
     peft_model = add_lora(model, r=4, alpha=8, dropout=0.0)
     adapted = _adapted(peft_model)
-    assert len(adapted) == 7 * model.config.get_text_config().num_hidden_layers
+    assert len(adapted) == _language_linears(model)
     assert all(".language_model.layers." in n for n in adapted)
+    if kind == "qwen3.5":  # both kinds of token mixer of the hybrid blocks are adapted
+        assert any(".linear_attn.in_proj_qkv" in n for n in adapted)
+        assert any(".self_attn.q_proj" in n for n in adapted)
     assert not any("visual" in n for n in adapted)
     trainable = [n for n, p in peft_model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -217,7 +249,7 @@ def test_lora_tune_vision_adapts_vision_blocks_not_merger(students, kind):
     assert len(vision) == depth * per_block
     assert all(".visual.blocks." in n for n in vision)
     assert not any("merger" in n or "patch_embed" in n for n in adapted)
-    assert len(adapted) - len(vision) == 7 * model.config.get_text_config().num_hidden_layers
+    assert len(adapted) - len(vision) == _language_linears(model)
 
 
 def test_lora_trains_with_gradient_checkpointing(students):
@@ -255,5 +287,6 @@ def test_lora_tune_merger_adapts_only_the_projector(students, kind):
     vision = [n for n in _adapted(peft_model) if "visual" in n]
     assert vision and all("merger" in n for n in vision)
     vc = model.config.vision_config
+    # Qwen3-VL's deepstack mergers too; Qwen3.5 has none (its config may still name indexes)
     expected = 2 * (1 + len(vc.deepstack_visual_indexes)) if kind == "qwen3-vl" else 2
     assert len(vision) == expected

@@ -41,6 +41,24 @@ def test_the_lock_agrees_with_the_declared_dependencies():
     assert {"torch", "transformers", "peft", "accelerate", "bitsandbytes", "nvidia-cublas"} <= set(lock.pins)
 
 
+def test_the_lock_carries_what_qwen35_needs():
+    """A transformers with qwen3_5 (5.2 and later), and Qwen3.5's fast Gated DeltaNet kernels where
+    PyPI has a wheel for the image's platform: flash-linear-attention (pure Python + Triton) does,
+    causal-conv1d publishes only a CUDA source build (docs/students.md says what its absence costs)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    lock = remote.read_lock()
+    assert Version(lock.pins["transformers"]) >= Version("5.2")
+    assert Version(version("transformers")).public == lock.pins["transformers"]  # the one tested here...
+    assert "qwen3_5" in CONFIG_MAPPING_NAMES  # ...knows Qwen3.5
+    assert {"flash-linear-attention", "fla-core", "einops"} <= set(lock.pins)
+    assert "flash-linear-attention" in {Requirement(r).name for r in remote.runtime_requirements()}
+    assert "causal-conv1d" not in lock.pins
+    # fla 0.6 refuses its chunked backward on Hopper (H100, H200) under Triton 3.4 to 3.7.0 (wrong
+    # results; seen on the H200 with Triton 3.6, bench/README.md "qwen3.5"): the image's must be newer
+    assert Version(lock.pins["triton"]) >= Version("3.7.1")
+
+
 def test_the_lock_holds_the_versions_the_tests_run_with():
     """Each direct dependency installed here is locked at the installed version."""
     lock, differ = remote.read_lock(), []

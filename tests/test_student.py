@@ -9,8 +9,10 @@ import pytest
 
 from connectodistill.core.conversation import build_messages, build_prompt, target_text
 from connectodistill.core.errors import UserError
+from connectodistill.core.families import family, kinds
+from connectodistill.core.modeling import with_template_prelude
 
-KINDS = ("qwen3-vl", "qwen2.5-vl", "qwen2-vl")
+KINDS = kinds()  # every family of the table (core/families.py)
 ROW = {"species": "mouse", "xmin": 151234.5, "ymin": 200000.25, "zmin": 180000.0,
        "xmax": 412345.0, "ymax": 530000.5, "zmax": 420000.75}
 ANALYSIS = "One large soma body is visible with several processes extending from it."
@@ -92,10 +94,11 @@ def test_unknown_kind_is_a_user_error(tmp_path):
 @pytest.mark.parametrize("kind", KINDS)
 def test_ordinary_loaders_and_classes(loaded, kind):
     model, processor, tokenizer = loaded[kind]
-    expected = {"qwen3-vl": "Qwen3VL", "qwen2.5-vl": "Qwen2_5_VL", "qwen2-vl": "Qwen2VL"}[kind]
-    assert type(model).__name__ == f"{expected}ForConditionalGeneration"
-    assert type(processor).__name__ == f"{expected}Processor"
-    assert type(tokenizer).__name__ == "Qwen2Tokenizer"
+    fam = family(kind)
+    assert type(model).__name__ == fam.model_class
+    assert type(processor).__name__ == fam.processor_class
+    assert type(tokenizer).__name__ == type(processor.tokenizer).__name__ == fam.tokenizer_class
+    assert model.config.model_type == fam.model_type
     assert model.config.tie_word_embeddings is False
     assert next(model.parameters()).dtype.is_floating_point
     assert str(next(model.parameters()).dtype) == "torch.float32"
@@ -153,17 +156,23 @@ def test_forward_with_three_images_gives_finite_loss(loaded, kind):
     assert out.loss.item() < 2 * math.log(model.config.get_text_config().vocab_size)
 
 
+# What the generation prompt ends with once load_processor has put the family's prelude in front.
+ASSISTANT = {"qwen3.5": "<|im_start|>assistant\n<think>\n\n</think>\n\n"}
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_chat_template_prefix_property(loaded, kind):
     _, processor, tokenizer = loaded[kind]
     target = target_text("a", ANALYSIS)
     for renderer in (processor, tokenizer):
-        full = renderer.apply_chat_template(_messages(), tokenize=False)
-        prompt = renderer.apply_chat_template(_messages(False), tokenize=False, add_generation_prompt=True)
+        template = with_template_prelude(renderer.chat_template, family(kind))
+        full = renderer.apply_chat_template(_messages(), tokenize=False, chat_template=template)
+        prompt = renderer.apply_chat_template(_messages(False), tokenize=False, add_generation_prompt=True,
+                                              chat_template=template)
         assert full.startswith(prompt)
         assert full[len(prompt):] == target + "<|im_end|>\n"
         assert prompt.startswith("<|im_start|>user\n")  # no default system prompt
-        assert prompt.endswith("<|im_end|>\n<|im_start|>assistant\n")
+        assert prompt.endswith("<|im_end|>\n" + ASSISTANT.get(kind, "<|im_start|>assistant\n"))
         assert "system" not in prompt
         assert prompt.count("<|vision_start|><|image_pad|><|vision_end|>") == 3
         assert prompt.count("<|image_pad|>") == 3
@@ -174,10 +183,33 @@ def test_chat_template_string_content_and_system(loaded, kind):
     _, processor, _ = loaded[kind]
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
             {"role": "assistant", "content": "Hello"}]
+    think = "<think>\n\n</think>\n\n" if kind == "qwen3.5" else ""  # the last answer's empty block
     assert processor.apply_chat_template(msgs, tokenize=False) == (
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-        "<|im_start|>assistant\nHello<|im_end|>\n"
+        f"<|im_start|>assistant\n{think}Hello<|im_end|>\n"
     )
+
+
+def test_qwen35_template_thinks_unless_told_not_to(loaded):
+    """The kit's Qwen3.5 template has the real one's quirk: its generation prompt opens a think
+    block (4B and larger), so the prompt is no prefix of the conversation until thinking is off,
+    which the family's prelude does for every caller of load_processor."""
+    _, processor, tokenizer = loaded["qwen3.5"]
+    target = target_text("a", ANALYSIS)
+    render = processor.apply_chat_template
+    prompt = render(_messages(False), tokenize=False, add_generation_prompt=True)
+    full = render(_messages(), tokenize=False)
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n") and not full.startswith(prompt + target)
+    off = render(_messages(False), tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    assert full.startswith(off) and full[len(off):] == target + "<|im_end|>\n"
+    # an earlier answer has no think block; reasoning fills the last one's
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A"},
+            {"role": "user", "content": "And?"}, {"role": "assistant", "content": "B", "reasoning_content": "r"}]
+    assert render(msgs, tokenize=False).endswith(
+        "<|im_start|>assistant\nA<|im_end|>\n<|im_start|>user\nAnd?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nr\n</think>\n\nB<|im_end|>\n")
+    assert tokenizer.tokenize("<think></think>") == ["<think>", "</think>"]  # one added token each
+    assert "<think>" not in tokenizer.all_special_tokens  # kept by skip_special_tokens, as Qwen's
 
 
 def test_assistant_tokens_mask(loaded):
@@ -233,13 +265,13 @@ def test_tokenizer_is_compact(loaded):
 
 def test_image_budget_gives_four_tokens_per_64px_view(loaded):
     for kind, (model, processor, _) in loaded.items():
-        factor = 32 if kind == "qwen3-vl" else 28
+        factor = 32 if kind in ("qwen3-vl", "qwen3.5") else 28
         ip = processor.image_processor
-        assert ip.patch_size * ip.merge_size == factor
+        assert ip.patch_size * ip.merge_size == factor == family(kind).visual_token_factor
         assert ip.patch_size == model.config.vision_config.patch_size
         assert ip.merge_size == model.config.vision_config.spatial_merge_size
         assert ip.size["shortest_edge"] <= (2 * factor) ** 2 <= ip.size["longest_edge"]
-        if kind == "qwen3-vl":
+        if factor == 32:
             assert ip.size["shortest_edge"] == ip.size["longest_edge"] == 64 * 64
         # any square view, small or large, becomes the same 2x2 merged tokens
         for size in (20, 48, 64, 75, 100, 200, 300, 1000):
@@ -259,3 +291,18 @@ def test_other_image_sizes(tmp_path):
         for size in (image_size, 50, 150, 333, 1024):
             grid = ip(_images(1, size), return_tensors="pt")["image_grid_thw"]
             assert int(grid.prod()) // 4 == tokens, (kind, size)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rotary_sections_cover_the_rotated_dimensions(loaded, kind):
+    """transformers clips a wrong mrope_section silently: the kit's must sum to the rotated
+    half-dimensions (Qwen3.5 rotates a quarter of head_dim, Qwen-VL all of it)."""
+    model, _, _ = loaded[kind]
+    text = model.config.get_text_config()
+    rope = text.rope_parameters
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    assert sum(rope["mrope_section"]) == int(head_dim * rope.get("partial_rotary_factor", 1.0)) // 2
+    if kind == "qwen3.5":  # the hybrid decoder: both token mixers, no deepstack mergers
+        assert set(text.layer_types) == {"linear_attention", "full_attention"}
+        assert text.layer_types[-1] == "full_attention"
+        assert not hasattr(model.model.visual, "deepstack_merger_list")

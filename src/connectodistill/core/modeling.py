@@ -1,5 +1,8 @@
 """Loading the student (hub id or local folder), its processor with a pixel budget, LoRA targets.
 
+What differs per family (model type, visual-token size, where the LoRA targets live, chat-template
+quirks) is read from the table in core/families.py.
+
 Shared by training and evaluation so that both see the same model, the same image resolution
 and the same visual-token count. Heavy imports (torch, transformers, peft) happen inside the
 functions.
@@ -7,60 +10,71 @@ functions.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .families import FAMILIES, Family, family, family_of_type
 
-KINDS: dict[str, str] = {  # config.model_type -> kind
-    "qwen3_vl": "qwen3-vl",
-    "qwen2_5_vl": "qwen2.5-vl",
-    "qwen2_vl": "qwen2-vl",
-}
+# config.model_type -> kind, from the table of families (core/families.py)
+KINDS: dict[str, str] = {f.model_type: f.kind for f in FAMILIES}
 
 # Real Qwen3-VL allows up to 16M pixels per image; cap the default at 1024x1024 (1024 tokens).
 DEFAULT_MAX_PIXELS = 1024 * 1024
 
-# Linear layers of the language model's decoder blocks (attention and MLP). In transformers 5
-# they live at `model.language_model.layers.N.*` (4.x: `model.layers.N.*`); never under `visual`.
-_LANGUAGE_RE = (
-    r"(?!.*\bvisual\b)(?:.*\.)?layers\.\d+\."
-    r"(?:self_attn\.(?:q_proj|k_proj|v_proj|o_proj)|mlp\.(?:gate_proj|up_proj|down_proj))"
-)
-# Linear layers of the vision encoder's blocks (not the patch embedding, not the merger):
-# attention qkv/proj; MLP fc1/fc2 (Qwen2-VL), gate/up/down_proj (Qwen2.5-VL),
-# linear_fc1/linear_fc2 (Qwen3-VL).
-_VISION_RE = (
-    r"(?:.*\.)?visual\.blocks\.\d+\."
-    r"(?:attn\.(?:qkv|proj)"
-    r"|mlp\.(?:fc1|fc2|linear_fc1|linear_fc2|gate_proj|up_proj|down_proj))"
-)
-# The vision -> language projector ("merger", Qwen's `tune_mm_mlp`): mlp.0/mlp.2 (Qwen2/2.5-VL),
-# linear_fc1/linear_fc2 plus the deepstack mergers (Qwen3-VL).
-_MERGER_RE = r"(?:.*\.)?visual\.(?:merger|deepstack_merger_list\.\d+)\.(?:mlp\.[02]|linear_fc1|linear_fc2)"
 
-
-def model_kind(config_or_model: Any) -> str:
-    """``"qwen3-vl"``, ``"qwen2.5-vl"`` or ``"qwen2-vl"`` from a config or a model (or PeftModel)."""
+def model_family(config_or_model: Any) -> Family:
+    """The family row of a config, a model (or PeftModel) or a config dict."""
     config = getattr(config_or_model, "config", config_or_model)
     model_type = getattr(config, "model_type", None)
     if model_type is None and isinstance(config, dict):
         model_type = config.get("model_type")
-    if model_type not in KINDS:
-        raise UserError(
-            f"unsupported model type {model_type!r}: the student must be a Qwen-VL model "
-            f"({', '.join(KINDS)}), e.g. Qwen/Qwen3-VL-8B-Instruct"
-        )
-    return KINDS[model_type]
+    return family_of_type(model_type)
+
+
+def model_kind(config_or_model: Any) -> str:
+    """The family's kind (``"qwen3-vl"``, ``"qwen3.5"``, ...) from a config or a model."""
+    return model_family(config_or_model).kind
 
 
 def visual_token_factor(kind: str) -> int:
     """Pixels per side of one merged visual token (patch size x spatial merge)."""
-    if kind not in KINDS.values():
-        raise UserError(f"unknown model kind {kind!r}; expected one of {', '.join(KINDS.values())}")
-    return 32 if kind == "qwen3-vl" else 28
+    return family(kind).visual_token_factor
+
+
+def source_family(source: str | Path) -> Family | None:
+    """The family of a model folder or hub id by its config, read before any weights.
+
+    None where there is no model config to read (a run folder, a processor-only folder); an
+    unsupported model type is a UserError naming the families.
+    """
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            return None
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{config}: not a readable model config ({e})") from e
+        return family_of_type(model_type, where=str(source))
+    from transformers import AutoConfig
+
+    try:
+        model_type = AutoConfig.from_pretrained(str(source)).model_type
+    except (OSError, ValueError) as e:
+        raise _load_error(source, str(source), e, what="model config") from e
+    return family_of_type(model_type, where=str(source))
+
+
+def with_template_prelude(template: str | None, fam: Family) -> str | None:
+    """The chat template with the family's prelude in front (once: already there, unchanged)."""
+    if not fam.template_prelude or template is None or template.startswith(fam.template_prelude):
+        return template
+    return fam.template_prelude + template
 
 
 # --------------------------------------------------------------------------- processor
@@ -89,10 +103,15 @@ def load_processor(
     from transformers import AutoProcessor
 
     source = _resolve_source(name_or_path, what="processor")
+    fam = source_family(source)  # an unsupported model type fails here, before anything loads
     try:
         processor = AutoProcessor.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise _load_error(name_or_path, source, e, what="processor") from e
+    if fam is not None:  # the family's chat-template quirks (a run folder saved them already)
+        for holder in (processor, getattr(processor, "tokenizer", None)):
+            if getattr(holder, "chat_template", None) is not None:
+                holder.chat_template = with_template_prelude(holder.chat_template, fam)
     image_processor = getattr(processor, "image_processor", None)
     if image_processor is None:
         raise UserError(f"{name_or_path}: the processor has no image processor; is it a vision-language model?")
@@ -235,11 +254,12 @@ def load_model(
             kwargs["device_map"] = {"": device if ":" in device else f"{device}:{torch.cuda.current_device()}"}
 
     source = _resolve_source(name_or_path, what="model")
+    source_family(source)  # an unsupported model type fails before its weights load
     try:
         model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as e:
         raise _load_error(name_or_path, source, e, what="model") from e
-    model_kind(model)  # a clear error for a model that is not a Qwen-VL
+    model_kind(model)  # a clear error for a model that is not in the table of families
     if "device_map" not in kwargs:
         model = model.to(device)
     return model
@@ -251,29 +271,32 @@ def load_model(
 def lora_target_modules(model: Any, *, tune_vision: bool = False, tune_merger: bool = False) -> str:
     """A regex for peft's ``target_modules`` (matched with ``re.fullmatch`` on module names).
 
-    Selects the language model's attention and MLP linear layers; with ``tune_vision`` also the
-    vision encoder blocks' attention (qkv, proj) and MLP linear layers; with ``tune_merger`` the
+    The model's family row (core/families.py) says where its parts live: the language model's
+    decoder-block linear layers (attention, Qwen3.5's linear attention, MLP); with
+    ``tune_vision`` also the vision encoder blocks' linear layers; with ``tune_merger`` the
     merger (the vision -> language projection). The patch embedding is never targeted. Checked
     against ``model``: raises UserError if a part it should select has no linear layer.
     """
     import torch
 
-    pattern = (f"(?:{_LANGUAGE_RE})" + (f"|(?:{_VISION_RE})" if tune_vision else "")
-               + (f"|(?:{_MERGER_RE})" if tune_merger else ""))
+    fam = model_family(model)
+    parts = [fam.language_layers] + ([fam.vision_blocks] if tune_vision else []) \
+        + ([fam.merger] if tune_merger else [])
+    pattern = "|".join(f"(?:{p})" for p in parts)
     language = vision = merger = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear):
             continue
-        if re.fullmatch(_LANGUAGE_RE, name):
+        if re.fullmatch(fam.language_layers, name):
             language += 1
-        elif tune_vision and re.fullmatch(_VISION_RE, name):
+        elif tune_vision and re.fullmatch(fam.vision_blocks, name):
             vision += 1
-        elif tune_merger and re.fullmatch(_MERGER_RE, name):
+        elif tune_merger and re.fullmatch(fam.merger, name):
             merger += 1
     if language == 0:
         raise UserError(
             f"no language-model linear layers found to adapt in {type(model).__name__}; "
-            "is this a Qwen-VL model?"
+            f"is this a {fam.kind} model?"
         )
     if tune_vision and vision == 0:
         raise UserError(f"--tune-vision: no vision-block linear layers found in {type(model).__name__}")
@@ -340,7 +363,7 @@ def build_model_from_config(config: Any, *, device: str | None = None, dtype: An
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    model_kind(config)  # a clear error for anything but a Qwen-VL config
+    model_kind(config)  # a clear error for a config outside the table of families
     if isinstance(config, dict):
         config = dict(config)
         config = AutoConfig.for_model(config.pop("model_type"), **config)

@@ -13,8 +13,10 @@ import math
 from pathlib import Path
 
 from ..core.errors import UserError
+from ..core.families import Family, family, kinds
+from .templates import CHAT_TEMPLATE, QWEN35_CHAT_TEMPLATE
 
-KINDS: tuple[str, ...] = ("qwen3-vl", "qwen2.5-vl", "qwen2-vl")
+KINDS: tuple[str, ...] = kinds()  # every family of core/families.py
 
 # Qwen's special tokens, in Qwen's own order (they follow the BPE vocabulary, as in Qwen).
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -35,34 +37,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 )
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
-
-# ChatML like Qwen's, without a default system prompt, so that a conversation renders the same
-# way at train and eval time. Every tag trims its whitespace and newlines are written as string
-# literals: nothing depends on how Jinja treats the line breaks of this source. The assistant
-# turn (content + <|im_end|>) sits inside {% generation %} for return_assistant_tokens_mask.
-CHAT_TEMPLATE = (
-    "{%- macro render(content) -%}"
-    "{%- if content is string -%}{{- content -}}"
-    "{%- else -%}{%- for item in content -%}"
-    "{%- if item['type'] == 'image' or 'image' in item or 'image_url' in item -%}"
-    "{{- '<|vision_start|><|image_pad|><|vision_end|>' -}}"
-    "{%- elif item['type'] == 'video' or 'video' in item -%}"
-    "{{- '<|vision_start|><|video_pad|><|vision_end|>' -}}"
-    "{%- elif 'text' in item -%}{{- item['text'] -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- render(message['content']) + '<|im_end|>' -}}{%- endgeneration -%}"
-    "{{- '\\n' -}}"
-    "{%- else -%}"
-    "{{- render(message['content']) + '<|im_end|>\\n' -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
-)
+# Qwen3.5's tokenizer has these as added (not special) tokens: its template writes them.
+THINK_TOKENS: tuple[str, ...] = ("<think>", "</think>")
 
 _ENGLISH = """The quick brown fox jumps over the lazy dog. This is a short sample of plain English text
 so that a tiny tokenizer knows common words: the, a, an, of, to, in, and, or, is, are, was, were,
@@ -88,19 +64,21 @@ def make_tiny_student(
     vision_depth: int = 2,
     seed: int = 0,
 ) -> Path:
-    """Build and save a tiny randomly-initialised Qwen-VL model folder at ``path``; return it.
+    """Build and save a tiny randomly-initialised student folder of family ``kind``; return it.
 
-    ``kind`` is ``"qwen3-vl"``, ``"qwen2.5-vl"`` or ``"qwen2-vl"``. The image processor's pixel
-    budget is pinned around ``side**2``, ``side = round(image_size / factor) * factor``, so that
-    every square view, whatever its resolution, becomes ``(side / factor)**2`` visual tokens
-    (factor 32 for Qwen3-VL, 28 for Qwen2/2.5-VL; 4 tokens at 64 px; for Qwen3-VL at 64 px
-    min = max = 4096 pixels). Same arguments and ``seed`` give identical weights.
+    ``kind`` is a family of core/families.py: ``"qwen3-vl"``, ``"qwen3.5"``, ``"qwen2.5-vl"``
+    or ``"qwen2-vl"``. The image processor's pixel budget is pinned around ``side**2``,
+    ``side = round(image_size / factor) * factor``, so that every square view, whatever its
+    resolution, becomes ``(side / factor)**2`` visual tokens (factor 32 for Qwen3-VL and
+    Qwen3.5, 28 for Qwen2/2.5-VL; 4 tokens at 64 px; at factor 32 and 64 px min = max = 4096
+    pixels). Same arguments and ``seed`` give identical weights. A Qwen3.5 student has the
+    family's hybrid layers (Gated DeltaNet, with full attention in every 4th and the last
+    layer) and a chat template with Qwen3.5's <think> block (QWEN35_CHAT_TEMPLATE).
     """
     import torch
 
-    kind = str(kind).lower()
-    if kind not in KINDS:
-        raise UserError(f"unknown student kind {kind!r}; choose one of {', '.join(KINDS)}")
+    fam = family(kind)
+    kind = fam.kind
     for name, value in (("image_size", image_size), ("text_hidden", text_hidden),
                         ("text_layers", text_layers), ("vision_hidden", vision_hidden),
                         ("vision_depth", vision_depth)):
@@ -115,20 +93,20 @@ def make_tiny_student(
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = _build_tokenizer()
-    patch = 16 if kind == "qwen3-vl" else 14
-    merge = 2
-    factor = patch * merge
+    tokenizer = _build_tokenizer(fam)
+    patch, merge = fam.patch_size, fam.merge_size
+    factor = fam.visual_token_factor
     side = max(1, round(image_size / factor)) * factor  # what a square view is resized to
     min_pixels, max_pixels = _pixel_budget(side, factor)
-    processor = _build_processor(kind, tokenizer, patch=patch, merge=merge,
-                                 min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = _build_processor(fam, tokenizer, min_pixels=min_pixels, max_pixels=max_pixels)
 
     config = _build_config(
         kind, tokenizer, text_hidden=text_hidden, text_layers=text_layers,
         vision_hidden=vision_hidden, vision_depth=vision_depth, patch=patch, merge=merge,
     )
-    model_cls = _model_class(kind)
+    import transformers
+
+    model_cls = getattr(transformers, fam.model_class)
     cpu_rng = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
@@ -169,13 +147,10 @@ def make_tiny_student(
     return path
 
 
-# The real hub processors' own pixel budgets (preprocessor_config.json `size`): Qwen3-VL
-# 256*256 .. 4096*4096, Qwen2/2.5-VL 56*56 .. 12845056 (load_processor then caps the maximum).
-REAL_PIXEL_BUDGETS: dict[str, tuple[int, int]] = {
-    "qwen3-vl": (65536, 16777216),
-    "qwen2.5-vl": (3136, 12845056),
-    "qwen2-vl": (3136, 12845056),
-}
+# The real hub processors' own pixel budgets (preprocessor_config.json `size`), from the table
+# of families: Qwen3-VL and Qwen3.5 256*256 .. 4096*4096, Qwen2/2.5-VL 56*56 .. 12845056
+# (load_processor then caps the maximum).
+REAL_PIXEL_BUDGETS: dict[str, tuple[int, int]] = {k: family(k).hub_pixel_budget for k in KINDS}
 
 
 def make_processor(path: str | Path, kind: str = "qwen3-vl", *, min_pixels: int | None = None,
@@ -185,17 +160,19 @@ def make_processor(path: str | Path, kind: str = "qwen3-vl", *, min_pixels: int 
     For a model built from a config without weights (benchmarks of the real model's shape):
     the real patch size and merge of ``kind``, and by default the real hub processor's own
     pixel budget (``REAL_PIXEL_BUDGETS``), so that ``modeling.load_processor`` resolves the
-    budget exactly as for the hub id. The tokenizer is the kit's small BPE, not Qwen's.
+    budget exactly as for the hub id. The tokenizer is the kit's small BPE, not Qwen's; the
+    chat template is the family's as ``load_processor`` hands it out (its prelude in front).
     """
-    kind = str(kind).lower()
-    if kind not in KINDS:
-        raise UserError(f"unknown student kind {kind!r}; choose one of {', '.join(KINDS)}")
-    real_min, real_max = REAL_PIXEL_BUDGETS[kind]
+    from ..core.modeling import with_template_prelude
+
+    fam = family(kind)
+    real_min, real_max = fam.hub_pixel_budget
     min_pixels = real_min if min_pixels is None else int(min_pixels)
     max_pixels = real_max if max_pixels is None else int(max_pixels)
-    patch = 16 if kind == "qwen3-vl" else 14
-    processor = _build_processor(kind, _build_tokenizer(), patch=patch, merge=2,
-                                 min_pixels=min_pixels, max_pixels=max_pixels)
+    processor = _build_processor(fam, _build_tokenizer(fam), min_pixels=min_pixels, max_pixels=max_pixels)
+    # no config.json beside it, so load_processor cannot tell the family: put the prelude in now
+    processor.chat_template = with_template_prelude(processor.chat_template, fam)
+    processor.tokenizer.chat_template = with_template_prelude(processor.tokenizer.chat_template, fam)
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     processor.save_pretrained(path)
@@ -224,11 +201,14 @@ def _corpus() -> list[str]:
     return texts * 3 + [_ENGLISH]
 
 
-def _build_tokenizer(vocab_size: int = 1536):
-    """A byte-level BPE (Qwen's pre-tokenizer) trained on the task text, as a Qwen2Tokenizer."""
+def _build_tokenizer(fam: Family | None = None, vocab_size: int = 1536):
+    """A byte-level BPE (Qwen's pre-tokenizer) trained on the task text, as the family's
+    tokenizer class (Qwen2Tokenizer; Qwen3_5Tokenizer, with <think> and </think>, for Qwen3.5)."""
+    import transformers
     from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-    from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    fam = fam or family("qwen3-vl")
 
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = normalizers.NFC()
@@ -250,8 +230,12 @@ def _build_tokenizer(vocab_size: int = 1536):
               for m in json.loads(bpe.to_str())["model"]["merges"]]
     for token in SPECIAL_TOKENS:
         vocab[token] = len(vocab)
+    thinking = bool(fam.template_prelude)  # the families whose template writes <think> blocks
+    if thinking:
+        for token in THINK_TOKENS:
+            vocab[token] = len(vocab)
 
-    tokenizer = Qwen2Tokenizer(
+    tokenizer = getattr(transformers, fam.tokenizer_class)(
         vocab=vocab,
         merges=merges,
         unk_token=None,
@@ -264,7 +248,9 @@ def _build_tokenizer(vocab_size: int = 1536):
         errors="replace",
         split_special_tokens=False,
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if thinking:  # added, not special: decoding with skip_special_tokens keeps them, as Qwen's
+        tokenizer.add_tokens(list(THINK_TOKENS))
+    tokenizer.chat_template = QWEN35_CHAT_TEMPLATE if thinking else CHAT_TEMPLATE
     return tokenizer
 
 
@@ -291,53 +277,71 @@ def _pixel_budget(side: int, factor: int) -> tuple[int, int]:
     return (side - factor // 2) ** 2, (side + factor // 2) ** 2
 
 
-def _build_processor(kind: str, tokenizer, *, patch: int, merge: int, min_pixels: int,
-                     max_pixels: int):
-    from transformers import Qwen2VLImageProcessor
+def _build_processor(fam: Family, tokenizer, *, min_pixels: int, max_pixels: int):
+    import transformers
 
     size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
-    image_processor = Qwen2VLImageProcessor(
-        size=size, patch_size=patch, merge_size=merge, temporal_patch_size=2,
-    )
-    if kind == "qwen3-vl":
-        from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-        video = Qwen3VLVideoProcessor(size=size, patch_size=patch, merge_size=merge,
-                                      temporal_patch_size=2)
-        return Qwen3VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                video_processor=video, chat_template=CHAT_TEMPLATE)
-    from transformers import Qwen2VLVideoProcessor
-
-    video = Qwen2VLVideoProcessor(size=size, patch_size=patch, merge_size=merge,
-                                  temporal_patch_size=2)
-    if kind == "qwen2.5-vl":
-        from transformers import Qwen2_5_VLProcessor as processor_cls
-    else:
-        from transformers import Qwen2VLProcessor as processor_cls
-    return processor_cls(image_processor=image_processor, tokenizer=tokenizer,
-                         video_processor=video, chat_template=CHAT_TEMPLATE)
+    shape = dict(size=size, patch_size=fam.patch_size, merge_size=fam.merge_size, temporal_patch_size=2)
+    image_processor = transformers.Qwen2VLImageProcessor(**shape)
+    # Qwen3-VL and Qwen3.5 share Qwen3-VL's processor and video processor
+    video_cls = "Qwen3VLVideoProcessor" if fam.processor_class == "Qwen3VLProcessor" else "Qwen2VLVideoProcessor"
+    video = getattr(transformers, video_cls)(**shape)
+    return getattr(transformers, fam.processor_class)(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video,
+        chat_template=tokenizer.chat_template)
 
 
 # --------------------------------------------------------------------------- model
 
 
-def _model_class(kind: str):
+def _mrope_section(head_dim: int, kind: str) -> list[int]:
+    """Split the rotary frequencies over (time, height, width) like the real models.
+
+    Qwen-VL rotates all of head_dim (head_dim/2 frequencies: Qwen3-VL [24, 20, 20] of 64,
+    Qwen2/2.5-VL [16, 24, 24] of 64); Qwen3.5 only a quarter (partial_rotary_factor 0.25:
+    head_dim/8 frequencies, [11, 11, 10] of 32 at head_dim 256). transformers does not check
+    the sum: a wrong section runs silently with its slices clipped.
+    """
+    if kind == "qwen3.5":
+        half = int(head_dim * QWEN35_ROTARY_FACTOR) // 2
+        ratios, of = (11, 11, 10), 32
+    else:
+        half = head_dim // 2
+        ratios, of = ((24, 20, 20) if kind == "qwen3-vl" else (16, 24, 24)), 64
+    hw = [math.floor(half * r / of) for r in ratios[1:]]
+    return [half - sum(hw), *hw]
+
+
+QWEN35_ROTARY_FACTOR = 0.25  # Qwen3.5's partial_rotary_factor (transformers' default too)
+QWEN35_HEAD_DIM = 64  # the real models' is 256; 64 keeps 8 rotary frequencies at factor 0.25
+
+
+def _qwen35_config(tokenizer, text: dict, token_ids: dict, *, text_hidden, text_layers,
+                   vision_hidden, vision_depth, patch, merge):
+    """Qwen3.5's hybrid decoder: Gated DeltaNet layers, full (gated) attention in every 4th
+    layer as in the real models and in the last one, so that even 2 layers have both kinds."""
     import transformers
 
-    return {
-        "qwen3-vl": transformers.Qwen3VLForConditionalGeneration,
-        "qwen2.5-vl": transformers.Qwen2_5_VLForConditionalGeneration,
-        "qwen2-vl": transformers.Qwen2VLForConditionalGeneration,
-    }[kind]
-
-
-def _mrope_section(head_dim: int, kind: str) -> list[int]:
-    """Split head_dim/2 rotary frequencies over (time, height, width) like the real models."""
-    half = head_dim // 2
-    # real: Qwen3-VL [24, 20, 20] of 64; Qwen2/2.5-VL [16, 24, 24] of 64
-    ratios = (24, 20, 20) if kind == "qwen3-vl" else (16, 24, 24)
-    hw = [math.floor(half * r / 64) for r in ratios[1:]]
-    return [half - sum(hw), *hw]
+    heads = max(1, text_hidden // QWEN35_HEAD_DIM)
+    layer_types = ["full_attention" if (i + 1) % 4 == 0 or i == text_layers - 1 else "linear_attention"
+                   for i in range(text_layers)]
+    text.update(
+        num_attention_heads=heads, num_key_value_heads=max(1, heads // 2), head_dim=QWEN35_HEAD_DIM,
+        layer_types=layer_types,
+        # value heads must be a multiple of key heads (the real 9B: 16 key, 32 value heads of 128)
+        linear_num_key_heads=max(1, heads // 2), linear_num_value_heads=heads,
+        linear_key_head_dim=32, linear_value_head_dim=32, linear_conv_kernel_dim=4,
+        rope_parameters={"rope_type": "default", "rope_theta": 10_000_000.0,
+                         "partial_rotary_factor": QWEN35_ROTARY_FACTOR,
+                         "mrope_section": _mrope_section(QWEN35_HEAD_DIM, "qwen3.5"),
+                         "mrope_interleaved": True},
+    )
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden, intermediate_size=vision_hidden * 2,
+                  num_heads=max(1, vision_hidden // 16), patch_size=patch, spatial_merge_size=merge,
+                  temporal_patch_size=2, out_hidden_size=text_hidden,
+                  num_position_embeddings=16 * 16)  # no deepstack mergers in Qwen3.5
+    return transformers.Qwen3_5Config(text_config=text, vision_config=vision, **token_ids,
+                                      tie_word_embeddings=False)
 
 
 def _build_config(kind, tokenizer, *, text_hidden, text_layers, vision_hidden, vision_depth,
@@ -375,7 +379,11 @@ def _build_config(kind, tokenizer, *, text_hidden, text_layers, vision_hidden, v
         vision_start_token_id=ids["<|vision_start|>"],
         vision_end_token_id=ids["<|vision_end|>"],
     )
-    if kind == "qwen3-vl":
+    if kind == "qwen3.5":
+        config = _qwen35_config(tokenizer, text, token_ids, text_hidden=text_hidden,
+                                text_layers=text_layers, vision_hidden=vision_hidden,
+                                vision_depth=vision_depth, patch=patch, merge=merge)
+    elif kind == "qwen3-vl":
         rope["mrope_interleaved"] = True
         text.update(head_dim=head_dim, rope_parameters=rope)
         vision = dict(

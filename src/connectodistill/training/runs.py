@@ -284,20 +284,22 @@ def chat_template_sha256(processor) -> str:
 
 
 def answer_only_template(processor) -> str:
-    """The processor's chat template with ``ANSWER_ONLY_PREFILL`` after the generation prompt's
-    assistant header; checked by rendering (UserError when the template has no such header)."""
+    """The processor's chat template with ``ANSWER_ONLY_PREFILL`` at the end of the generation
+    prompt, after whatever the template writes there (Qwen3.5: an empty think block); checked
+    by rendering (UserError when the prompt does not end as asked, or the conversation changes)."""
     template = processor.chat_template or ""
-    header = "'<|im_start|>assistant\\n'"
-    at = template.rfind(header)
     prefill = ANSWER_ONLY_PREFILL.replace("\n", "\\n")
-    new = template[:at] + header[:-1] + prefill + "'" + template[at + len(header):] if at >= 0 else template
+    # A template writes its generation prompt last, so text added at its very end follows it.
+    new = template + "{%- if add_generation_prompt -%}{{- '" + prefill + "' -}}{%- endif -%}"
     messages = [{"role": "user", "content": [{"type": "text", "text": "x"}]}]
     full = messages + [{"role": "assistant", "content": [{"type": "text", "text": "y"}]}]
 
     def render(tmpl, msgs, gen):
         return processor.apply_chat_template(msgs, chat_template=tmpl, add_generation_prompt=gen, tokenize=False)
 
-    if at < 0 or not render(new, messages, True).endswith("<|im_start|>assistant\n" + ANSWER_ONLY_PREFILL) \
+    prompt = render(template, messages, True) if template else ""
+    if not template or prompt.rfind("<|im_start|>assistant\n") < prompt.rfind("<|im_end|>") \
+            or render(new, messages, True) != prompt + ANSWER_ONLY_PREFILL \
             or render(new, full, False) != render(template, full, False):
         raise UserError("--answer-only: cannot add an empty analysis to this model's chat template "
                         "(no '<|im_start|>assistant\\n' generation prompt)")
