@@ -105,7 +105,9 @@ def test_on_policy_pairs_are_sampled_once_by_the_main_process(trained_run, merge
                   max_completion_length=16, temperature=1.0, **FAST)
     calls = []
     real = generation.generate_answers
-    monkeypatch.setattr(generation, "generate_answers", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    # sampling only (greedy generation also calibrates the run on val when it ends)
+    monkeypatch.setattr(generation, "generate_answers",
+                        lambda *a, **kw: (kw.get("do_sample") and calls.append(1)) or real(*a, **kw))
     run0 = train(**common, run_dir=tmp_path / "rank0")  # the main process: samples, writes
     assert len(calls) == 1
     written = read_pairs(run0 / "pairs.parquet")
@@ -125,7 +127,8 @@ def test_on_policy_pairs_are_sampled_once_by_the_main_process(trained_run, merge
 
     write_pairs([*written, marker], shared / "pairs.parquet")  # what rank 0 left there
     monkeypatch.setattr(accelerate, "PartialState", Rank1)
-    monkeypatch.setattr(generation, "generate_answers", lambda *a, **kw: pytest.fail("rank 1 sampled"))
+    monkeypatch.setattr(generation, "generate_answers",
+                        lambda *a, **kw: pytest.fail("rank 1 sampled") if kw.get("do_sample") else real(*a, **kw))
     run1 = train(**common, run_dir=shared)
     got = read_pairs(run1 / "pairs.parquet")
     assert got == [*written, marker]

@@ -184,7 +184,10 @@ def test_distribution_equals_an_independent_forward_pass(conf_result, trained_ru
             p.append(torch.softmax(logits, -1)[ids[-1]].item())
         assert len(prefixes) == 1  # the seven letters share every token but the last
         p = np.array(p) / sum(p)
-        assert np.abs(p - preds.loc[i, P_COLS].to_numpy(float)).max() < 1e-5
+        # the file holds the calibrated distribution; the raw one is the model's own
+        from connectodistill.evaluation.results import uncalibrated_probs
+
+        assert np.abs(p - uncalibrated_probs(preds)[i]).max() < 1e-5
 
 
 def test_calibration_recomputed_from_predictions_csv(conf_result):
@@ -304,9 +307,18 @@ def test_the_threshold_never_sees_a_test_sample(trained_run, tmp_path, monkeypat
     monkeypatch.setattr(ev, "choose_triage", lambda v, p, t: seen.append(set(_key(v))) or choose(v, p, t))
 
     target = 0.75
-    vc, vy = np.array(conf["val"][0]), np.array(conf["val"][1], dtype=float)
+    # triage reads the calibrated confidence: the planted ones at the run's temperature (fit on val)
+    temp = json.loads((trained_run / "calibration.json").read_text())["generate"]["temperature"]
+
+    def calibrated(c):
+        row = np.full(len(LETTERS), (1 - c) / (len(LETTERS) - 1))
+        row[0] = c
+        return float(cal.apply_temperature(row, temp)[0])
+
+    vc = np.array([calibrated(c) for c in conf["val"][0]])
+    vy = np.array(conf["val"][1], dtype=float)
     on_val = cal.threshold_for(vc, vy, target)
-    assert cal.threshold_for(np.append(vc, 0.99), np.append(vy, 0.0), target) != on_val  # the plant would move it
+    assert cal.threshold_for(np.append(vc, calibrated(0.99)), np.append(vy, 0.0), target) != on_val  # would move it
     with_it = evaluate(adapter_path=trained_run, output_dir=tmp_path, name="with", target_accuracy=target, **FAST)
     run = tmp_path / "run"  # the same run without the planted sample in its test split
     shutil.copytree(trained_run, run, ignore=shutil.ignore_patterns("checkpoints"))
@@ -340,7 +352,7 @@ def test_report_has_calibration_rows_for_teacher_and_student(conf_result, merged
         assert table[col].notna().all(), col
     assert table.loc["teacher (majority vote)", "confidence"] == "vote share"
     assert table.loc["student (majority of 3)", "confidence"] == "vote share"
-    assert table.loc["student", "confidence"] == "letter probability"
+    assert table.loc["student", "confidence"] == "letter probability (calibrated)"
     s = json.loads((conf_result / "summary.json").read_text())
     assert table.loc["student", "ece"] == pytest.approx(s["ece"])
     assert table.loc["student (majority of 3)", "accuracy"] == pytest.approx(s["vote_accuracy"])

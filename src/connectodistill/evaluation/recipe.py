@@ -166,7 +166,8 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
     #     none). The val pass also serves the triage below.
     calibration = _stored_calibration(cfg, mode)
     val = val_probs = None
-    if calibration is None or cfg.target_accuracy is not None:
+    has_val = bool((settings["splits"] or {}).get("val"))
+    if (calibration is None and has_val) or cfg.target_accuracy is not None:
         t_val = time.time()
         val, val_probs = _val_pass(model, processor, bench, settings, cfg, image_cols, mode)
         val_seconds = time.time() - t_val
