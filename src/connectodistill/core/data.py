@@ -109,6 +109,7 @@ def _looks_local(name: str) -> bool:
         or name.count("/") > 1
         or name.lower().endswith((".parquet", ".arrow", ".json", ".csv"))
         or Path(name).exists()
+        or ("/" in name and Path(name.split("/")[0]).expanduser().is_dir())  # owner/name: `owner` is a folder here
     )
 
 

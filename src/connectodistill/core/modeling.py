@@ -137,7 +137,8 @@ def _looks_local(name: str) -> bool:
     if re.match(r"^[A-Za-z]:[\\/]", name):  # Windows drive
         return True
     if os.sep in name or (os.altsep and os.altsep in name):
-        return not _HUB_ID.match(name)
+        # owner/name is a hub id, unless `owner` is a folder here (demo-run/student)
+        return not _HUB_ID.match(name) or Path(name.split("/")[0]).expanduser().is_dir()
     return False
 
 

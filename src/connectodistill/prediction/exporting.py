@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..core.config import ExportConfig, resolve
 from ..core.errors import UserError
+from ..core.paths import PATHS_KEY, locate, rebase_paths
 from ..training.run_folders import (  # noqa: F401
     EXPORT_MANIFEST,
     chosen_run,
@@ -56,7 +57,8 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
         raise UserError(f"--output {out} is inside the run folder {run}; choose a folder outside it")
     try:
         run_config = json.loads((run / "training_config.json").read_text())
-        base_model, budget = run_config["base_model"], run_config["pixel_budget"]
+        base_model = locate(run_config, "base_model", run, what="base model")
+        budget = run_config["pixel_budget"]
     except (ValueError, KeyError) as e:
         raise UserError(f"{run / 'training_config.json'}: unreadable or incomplete ({e}); re-run train") from e
     report_rows = _report_rows(cfg.report)  # checked before minutes of loading
@@ -82,7 +84,8 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
             if (run / name).is_file():
                 shutil.copy2(run / name, tmp / name)
         manifest = {**run_config, "exported_from": str(run), "export_dtype": str(cfg.dtype),
-                    "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    PATHS_KEY: rebase_paths(run_config, run, out)}  # found from the exported folder
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
         (tmp / "README.md").write_text(model_card(manifest, report_rows, cfg.output))
         if out.exists():

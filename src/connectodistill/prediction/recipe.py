@@ -147,7 +147,9 @@ def triage_threshold(cfg: PredictConfig, dirs: list[Path], kind: str = "adapter"
     if not tri or ("threshold" not in tri and "thresholds" not in tri):
         raise UserError(f"{path} holds no triage threshold: run `connectodistill eval --target-accuracy A` "
                         "first, or pass --threshold T")
-    student = summary.get("exported_model") or summary.get("adapter")
+    from ..core.paths import locate
+
+    student = locate(summary, "exported_model", path.parent) or locate(summary, "adapter", path.parent)
     ours = {Path(cfg.model or cfg.adapter_path).resolve(), *(d.resolve() for d in dirs)}
     if student and Path(student).exists() and Path(student).resolve() not in ours:
         raise UserError(f"{path}: its threshold was chosen for {student}, not this model; pass --threshold T "
