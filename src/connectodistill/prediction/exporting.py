@@ -167,7 +167,7 @@ def model_card(manifest: dict, report_rows: list[dict], output) -> str:
         lines += ["", "Intervals: percentile bootstrap over leak-proof groups; the teacher is scored on the "
                   "same held-out samples."]
     else:
-        lines.append("No evaluation was attached to this export (`connectodistill export RUN --report "
+        lines.append("No evaluation was attached to this export (`connectodistill export RUN --output DIR --report "
                      "report.csv` adds the report's table here).")
     lines += [
         "",
@@ -185,7 +185,7 @@ def model_card(manifest: dict, report_rows: list[dict], output) -> str:
         "answers `<analysis>...</analysis>` then `<answer>letter</answer>`. Or let connectodistill do it:",
         "",
         "```bash",
-        f"connectodistill predict --model {name} --segments segments.csv --images-dir renders/ --output preds/",
+        f"connectodistill predict segments.csv --model {name} --images-dir renders/ --output preds/",
         f"connectodistill eval --model {name} --merged merged.parquet",
         "```",
         "",
