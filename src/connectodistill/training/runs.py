@@ -401,11 +401,13 @@ def print_summary(title: str, run_dir: Path, rows: list[tuple[str, str]], train_
     from rich.table import Table
 
     t = Table(title=title, show_header=False)
-    t.add_row("run folder", str(run_dir))
     for k, v in rows:
         t.add_row(k, v)
     t.add_row("time", f"{train_seconds:.1f} s training, {total_seconds:.1f} s total")
-    Console(stderr=True).print(t)
+    console = Console(stderr=True)
+    console.print(t)
+    # Whole, on a line of its own (a table cell would cut it): the next command needs it.
+    console.print(f"run folder: {run_dir}", soft_wrap=True, highlight=False, markup=False)
 
 
 def teacher_models_of(df) -> list[str]:
