@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -322,7 +324,26 @@ def add_lora(
         target_modules=lora_target_modules(model, tune_vision=tune_vision, tune_merger=tune_merger),
         bias="none",
     )
-    return get_peft_model(model, config)
+    with _peft_quiet():
+        return get_peft_model(model, config)
+
+
+@contextmanager
+def _peft_quiet():
+    """peft asks the base model ``is_gradient_checkpointing``, an alias transformers 5 deprecated
+    (peft_model.py: ``getattr(model, "is_gradient_checkpointing", True)``): a FutureWarning on
+    every train and eval that the user can do nothing about. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def load_adapter(model: Any, path: str | Path, **kwargs):
+    """``PeftModel.from_pretrained(model, path, **kwargs)``, without peft's deprecation noise."""
+    from peft import PeftModel
+
+    with _peft_quiet():
+        return PeftModel.from_pretrained(model, str(path), **kwargs)
 
 
 # --------------------------------------------------------------------------- shape-only builds

@@ -112,9 +112,9 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
             mismatch(cfg, "chat template", settings["chat_template_sha256"][:12], got[:12])
     model = load_model(settings["base_model"], load_in_4bit=cfg.load_in_4bit)
     if cfg.adapter_path is not None:
-        from peft import PeftModel
+        from ..core.modeling import load_adapter
 
-        model = PeftModel.from_pretrained(model, str(cfg.adapter_path))
+        model = load_adapter(model, cfg.adapter_path)
 
     # 3. Generate, batched, with a progress bar.
     import time

@@ -63,13 +63,11 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
         raise UserError(f"{run / 'training_config.json'}: unreadable or incomplete ({e}); re-run train") from e
     report_rows = _report_rows(cfg.report)  # checked before minutes of loading
 
-    from peft import PeftModel
-
-    from ..core.modeling import load_model, load_processor
+    from ..core.modeling import load_adapter, load_model, load_processor
 
     # 1. Base + adapter, merged on the CPU in the export dtype.
     model = load_model(base_model, device="cpu", dtype=cfg.dtype)
-    merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
+    merged = load_adapter(model, run).merge_and_unload()
     processor, _ = load_processor(str(run), min_pixels=budget["min_pixels"], max_pixels=budget["max_pixels"])
 
     # 2. Everything into a temporary folder beside the output, renamed at the end.

@@ -239,14 +239,14 @@ class Student:
         model = load_model(s["base_model"], load_in_4bit=p.cfg.load_in_4bit)
         self.names: list[str | None] = [None]
         if p.kind in ("adapter", "fold"):
-            from peft import PeftModel
+            from ..core.modeling import load_adapter
 
-            model = PeftModel.from_pretrained(model, str(p.students[0]))
+            model = load_adapter(model, p.students[0])
         elif p.kind == "ensemble":
-            from peft import PeftModel
+            from ..core.modeling import load_adapter
 
             self.names = [d.name for d in p.students]
-            model = PeftModel.from_pretrained(model, str(p.students[0]), adapter_name=self.names[0])
+            model = load_adapter(model, p.students[0], adapter_name=self.names[0])
             for name, d in zip(self.names[1:], p.students[1:], strict=True):
                 model.load_adapter(str(d), adapter_name=name)
         self.model = model

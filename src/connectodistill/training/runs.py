@@ -283,9 +283,9 @@ def continue_parent(parent: ParentRun, cfg: TrainConfig):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gradient_checkpointing(cfg)),
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    from peft import PeftModel
+    from ..core.modeling import load_adapter
 
-    model = PeftModel.from_pretrained(model, str(parent.path), is_trainable=True)
+    model = load_adapter(model, parent.path, is_trainable=True)
     return model, processor, budget
 
 

@@ -54,6 +54,8 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
         seed=cfg.seed,
         remove_unused_columns=False,  # the images are added to each batch from the merged rows
         dataloader_num_workers=0,
+        # pinned memory only helps copies to a GPU; on CPU torch warns on every DataLoader
+        dataloader_pin_memory=cuda,
         disable_tqdm=not cfg.progress,
     )
 
