@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -200,3 +201,16 @@ def test_end_of_train_summary_prints_the_run_folder_whole(tmp_path, capsys, monk
     print_summary("train", run_dir, [("train loss", "0.1234")], 1.0, 2.0)
     err = capsys.readouterr().err
     assert str(run_dir) in err
+
+
+def test_openmp_threads_sleep_when_they_wait_unless_the_user_says_otherwise():
+    """Set before torch loads libgomp (it reads OMP_WAIT_POLICY once): spinning threads made two
+    demos at once on 2 cores many times slower (bench/README.md, "shared")."""
+    code = ("import os, connectodistill, torch; from connectodistill.cli import app; "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert out.stdout.strip() == "ACTIVE"
