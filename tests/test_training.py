@@ -152,14 +152,13 @@ def test_test_rows_never_reach_training(merged_small):
 
 def test_adapter_reloads_to_identical_logits(trained_run, tiny_student, processor, examples):
     import torch
-    from peft import PeftModel
 
-    from connectodistill.core.modeling import load_model
+    from connectodistill.core.modeling import load_adapter, load_model
 
     ex, cols = examples
     batch = DistillCollator(processor, cols)(ex[:2])
-    m1 = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run)).eval()
-    m2 = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run)).eval()
+    m1 = load_adapter(load_model(str(tiny_student)), trained_run).eval()
+    m2 = load_adapter(load_model(str(tiny_student)), trained_run).eval()
     base = load_model(str(tiny_student)).eval()
     with torch.no_grad():
         l1, l2, l0 = (m(**batch).logits for m in (m1, m2, base))

@@ -324,15 +324,16 @@ def add_lora(
         target_modules=lora_target_modules(model, tune_vision=tune_vision, tune_merger=tune_merger),
         bias="none",
     )
-    with _peft_quiet():
+    with quiet_checkpointing_alias():
         return get_peft_model(model, config)
 
 
 @contextmanager
-def _peft_quiet():
-    """peft asks the base model ``is_gradient_checkpointing``, an alias transformers 5 deprecated
-    (peft_model.py: ``getattr(model, "is_gradient_checkpointing", True)``): a FutureWarning on
-    every train and eval that the user can do nothing about. Only that warning is silenced."""
+def quiet_checkpointing_alias():
+    """peft and TRL ask the model ``is_gradient_checkpointing``, an alias transformers 5 deprecated
+    (peft_model.py: ``getattr(model, "is_gradient_checkpointing", True)``; trl/models/utils.py
+    when it generates): a FutureWarning on every train and eval that the user can do nothing
+    about. Only that warning is silenced."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
@@ -342,7 +343,7 @@ def load_adapter(model: Any, path: str | Path, **kwargs):
     """``PeftModel.from_pretrained(model, path, **kwargs)``, without peft's deprecation noise."""
     from peft import PeftModel
 
-    with _peft_quiet():
+    with quiet_checkpointing_alias():
         return PeftModel.from_pretrained(model, str(path), **kwargs)
 
 
