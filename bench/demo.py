@@ -9,10 +9,13 @@ Runs `connectodistill demo` in fresh processes, as a user would, and checks repo
   ``--seeds`` runs different seeds, which shows the spread a new user can expect).
 
 Prints min / median / max of student accuracy and balanced accuracy, and writes every run's
-report to ``--out``.
+report to ``--out`` (a new file: an existing one is replaced only with ``--overwrite``). The
+targets are reported as text; the exit status says whether every run succeeded (0), not whether
+the targets were met.
 
-    python bench/demo.py --repeats 3 [--seed 0] [--out bench/results/demo.json]
-    python bench/demo.py --seeds 0 1 2 [--epochs 1.5]
+    python bench/demo.py --seeds 0 1 2 --out my-demo.json
+    python bench/demo.py --repeats 3 [--seed 0] --out bench/results/demo.json --overwrite
+    python bench/demo.py --seeds 0 1 2 [--epochs 1.5] [--samples 3000]
 """
 
 from __future__ import annotations
@@ -30,43 +33,61 @@ from pathlib import Path
 from connectodistill.core.config import DemoConfig
 
 
-def run_demo(seed: int, epochs: float | None = None) -> dict:
-    exe = Path(sys.executable).with_name("connectodistill")
+def run_demo(seed: int, epochs: float | None = None, samples: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out_dir = Path(tmp) / "demo-run"
         t0 = time.perf_counter()
         extra = ["--epochs", str(epochs)] if epochs is not None else []
-        subprocess.run([str(exe), "demo", "--output-dir", str(out_dir), "--seed", str(seed), *extra], check=True,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"})
+        extra += ["--samples", str(samples)] if samples is not None else []
+        # the package's own entry point, as `connectodistill demo` (whatever the venv's scripts)
+        done = subprocess.run([sys.executable, "-m", "connectodistill", "demo", "--output-dir", str(out_dir),
+                               "--seed", str(seed), *extra],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"})
+        if done.returncode != 0:
+            raise RunFailed(f"demo (seed {seed}) exited {done.returncode}")
         wall = time.perf_counter() - t0
         report = json.loads((out_dir / "report.json").read_text())
     report["wall_seconds_fresh_process"] = round(wall, 1)
     return report
 
 
+class RunFailed(Exception):
+    pass
+
+
 def spread(values: list[float]) -> dict:
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=1, help="Run the same seed this many times.")
     ap.add_argument("--seeds", type=int, nargs="*", default=None, help="Run these seeds once each instead.")
     ap.add_argument("--epochs", type=float, default=None,
                     help="Train this many epochs (over every correct draw) instead of the demo's 0.8.")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
+    ap.add_argument("--samples", type=int, default=None, help="Synthetic benchmark size instead of the demo's.")
+    ap.add_argument("--out", type=Path, default=None, help="Write every run's report here (a new file).")
+    ap.add_argument("--overwrite", action="store_true", help="Replace --out if it exists (a recorded result).")
+    args = ap.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.overwrite:
+        print(f"{args.out} exists: pass another --out, or --overwrite to replace it", file=sys.stderr)
+        return 2
     seeds = args.seeds if args.seeds else [args.seed] * args.repeats
     runs = []
     for i, seed in enumerate(seeds):
         print(f"run {i + 1}/{len(seeds)} (seed {seed})", file=sys.stderr, flush=True)
-        runs.append(run_demo(seed, args.epochs))
+        try:
+            runs.append(run_demo(seed, args.epochs, args.samples))
+        except RunFailed as e:
+            print(f"{e}: no figures", file=sys.stderr)
+            return 1
     acc = [r["student_accuracy"] for r in runs]
     bal = [r["student_balanced_accuracy"] for r in runs]
     summary = {
         "seeds": seeds,
         "epochs": args.epochs if args.epochs is not None else DemoConfig.model_fields["epochs"].default,
+        "samples": args.samples or DemoConfig.model_fields["samples"].default,
         "cpu_count": os.cpu_count(),
         "student_accuracy": spread(acc),
         "student_balanced_accuracy": spread(bal),
@@ -90,9 +111,10 @@ def main() -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=1))
-    ok = all(targets.values())
-    print("targets met" if ok else f"targets missed: {targets}")
-    return 0 if ok else 1
+    missed = [k for k, v in targets.items() if not v]
+    # The targets are a finding, not a failure of this script: said as text, exit 0.
+    print("targets met" if not missed else f"targets missed: {', '.join(missed)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -150,13 +150,12 @@ def test_distribution_equals_an_independent_forward_pass(conf_result, trained_ru
     """Seven separate unpadded forward passes, one per letter, each reading the probability of
     its last token: the renormalised result must equal predictions.csv."""
     import torch
-    from peft import PeftModel
 
     from connectodistill.core.config import EvalConfig
     from connectodistill.core.conversation import load_images
     from connectodistill.core.data import load_benchmark
     from connectodistill.core.generation import answer_context, render_prompts
-    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.core.modeling import load_adapter, load_model, load_processor
     from connectodistill.core.task import image_columns
     from connectodistill.evaluation.inputs import choose_prompts, run_settings, select_samples
 
@@ -169,7 +168,7 @@ def test_distribution_equals_an_independent_forward_pass(conf_result, trained_ru
     preds = read_predictions(conf_result / "predictions.csv")
     assert _key(preds) == _key(df)
     processor, _ = load_processor(str(trained_run))
-    model = PeftModel.from_pretrained(load_model(settings["base_model"]), str(trained_run)).eval()
+    model = load_adapter(load_model(settings["base_model"]), trained_run).eval()
     for i in range(3):
         images = load_images(rows[i], image_columns(df.columns))
         text = render_prompts(processor, [chosen[i].text], [images], [chosen[i].layout])[0]

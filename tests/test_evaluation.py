@@ -57,10 +57,8 @@ def test_ids_stay_exact_in_predictions(student_result, trained_run):
 
 
 def test_batched_and_one_by_one_generation_agree(trained_run, tiny_student, merged_small):
-    from peft import PeftModel
-
     from connectodistill.core.conversation import build_prompt, load_images
-    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.core.modeling import load_adapter, load_model, load_processor
     from connectodistill.core.task import image_columns
 
     table, _ = read_merged(merged_small)
@@ -70,7 +68,7 @@ def test_batched_and_one_by_one_generation_agree(trained_run, tiny_student, merg
     images = [load_images(r, cols) for r in rows]
     processor, _ = load_processor(str(trained_run))
     side = processor.tokenizer.padding_side
-    model = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run))
+    model = load_adapter(load_model(str(tiny_student)), trained_run)
     batched = generate_answers(model, processor, prompts, images, batch_size=6, max_new_tokens=16)
     single = generate_answers(model, processor, prompts, images, batch_size=1, max_new_tokens=16)
     assert batched == single

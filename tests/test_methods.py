@@ -127,10 +127,9 @@ def finite_losses(run: Path) -> list[float]:
 
 def check_run_folder(run: Path, parent: Path, method: str) -> dict:
     """Loadable adapter that moved, and everything eval reads, as in the parent."""
-    from peft import PeftModel
     from safetensors.torch import load_file
 
-    from connectodistill.core.modeling import load_model
+    from connectodistill.core.modeling import load_adapter, load_model
 
     cfg = json.loads((run / "training_config.json").read_text())
     up = json.loads((parent / "training_config.json").read_text())
@@ -140,7 +139,7 @@ def check_run_folder(run: Path, parent: Path, method: str) -> dict:
         assert cfg[key] == up[key], key
     assert pd.read_parquet(run / "prompts.parquet").equals(pd.read_parquet(parent / "prompts.parquet"))
     assert (run / "prompt_templates.json").read_text() == (parent / "prompt_templates.json").read_text()
-    PeftModel.from_pretrained(load_model(cfg["base_model"]), str(run))  # loadable
+    load_adapter(load_model(cfg["base_model"]), run)  # loadable
     new, old = load_file(run / "adapter_model.safetensors"), load_file(parent / "adapter_model.safetensors")
     assert new.keys() == old.keys() and any(not (new[k] == old[k]).all() for k in new)
     assert not (run / "ref").exists()  # only the trained adapter, not TRL's frozen reference copy

@@ -152,14 +152,13 @@ def test_test_rows_never_reach_training(merged_small):
 
 def test_adapter_reloads_to_identical_logits(trained_run, tiny_student, processor, examples):
     import torch
-    from peft import PeftModel
 
-    from connectodistill.core.modeling import load_model
+    from connectodistill.core.modeling import load_adapter, load_model
 
     ex, cols = examples
     batch = DistillCollator(processor, cols)(ex[:2])
-    m1 = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run)).eval()
-    m2 = PeftModel.from_pretrained(load_model(str(tiny_student)), str(trained_run)).eval()
+    m1 = load_adapter(load_model(str(tiny_student)), trained_run).eval()
+    m2 = load_adapter(load_model(str(tiny_student)), trained_run).eval()
     base = load_model(str(tiny_student)).eval()
     with torch.no_grad():
         l1, l2, l0 = (m(**batch).logits for m in (m1, m2, base))
@@ -266,3 +265,21 @@ def test_select_by_val_accuracy_and_wandb_offline(merged_small, tiny_student, tm
     assert cfg["best_checkpoint"] is not None
     assert list((tmp_path / "wandb").glob("offline-run-*"))  # W&B wrote its offline run
     assert "x" * 40 not in "".join(p.read_text(errors="ignore") for p in run.glob("*.json"))
+
+
+def test_train_and_eval_warn_nothing_the_user_cannot_act_on(merged_small, tiny_student, tmp_path):
+    """peft's FutureWarning (it reads transformers' deprecated ``is_gradient_checkpointing``) and
+    torch's pin_memory warning on CPU were printed on every train and eval (issue 25)."""
+    import warnings
+
+    from connectodistill.evaluation.recipe import evaluate
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = train(augmented_dataset=merged_small, model=str(tiny_student), output_dir=tmp_path, run_name="quiet",
+                    epochs=1, num_samples=8, batch_size=4, gradient_accumulation=1, select_by="val_loss",
+                    progress=False)
+        evaluate(adapter_path=run, output_dir=tmp_path / "results", num_samples=2, max_new_tokens=4, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "is_gradient_checkpointing" in m]
+    assert not [m for m in messages if "pin_memory" in m]

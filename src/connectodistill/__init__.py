@@ -12,9 +12,17 @@ Each CLI verb is one function here, importable from a notebook::
 Heavy libraries (torch, transformers, datasets) are imported only when a verb runs.
 """
 
+import os
 from importlib import import_module
 
 __version__ = "0.1.0"
+
+# OpenMP threads (torch's, MKL's, oneDNN's: GNU libgomp) that wait at a barrier sleep instead of
+# spinning. Spinning is free on an idle machine; beside another job it burns the CPU time the
+# other threads need: two demos at once on 2 cores took ~11x their time alone, with ~4.6x the
+# CPU time (bench/README.md, "shared"). libgomp reads this once, when torch loads it, so it is
+# set here, before any verb imports torch; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # name -> module; resolved lazily so `import connectodistill` stays fast. The modules are named
 # by nouns, so no submodule can shadow a verb.

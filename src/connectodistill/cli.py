@@ -34,12 +34,15 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help: it keeps `[default: X]` (rich markup ate it), wraps at the terminal's width and
+    # never cuts an option's name; docs/cli.md is then plain Markdown, without HTML entities.
+    rich_markup_mode=None,
 )
 
 CONFIG_HELP = "YAML/JSON file of options (names as the flags, with _ or -); flags given here win."
 REMOTE_HELP = "Run on a Modal GPU instead of this machine (needs `modal setup`)."
 GPU_HELP = "Modal GPU: H100, A100-80GB, A100-40GB, L40S, A10G, ... with :N for several (H100:2)."
-EVAL_GPU_HELP = GPU_HELP[:-1] + "; default: one GPU of the training type (remote: gpu)."
+EVAL_GPU_HELP = GPU_HELP + "  [default: one GPU of the training type (remote: gpu)]"
 DETACH_HELP = ("With --remote: start and return. The job runs detached on Modal either way; "
                "`connectodistill fetch` shows it, follows it, downloads it.")
 REMOTE_FLAGS = ("gpu", "timeout", "detach", "eval_gpu", "eval_timeout", "max_parallel", "yes")  # -> RemoteConfig
@@ -214,7 +217,7 @@ def train(
         None, "--balance-classes", help="grpo: draw every class's samples equally often (rare classes repeated)."
     ),
     answer_rows: str = typer.Option(
-        None, help="Multi-task SFT for one-pass answers: answer-only rows (the question -> <answer>x</answer>) "
+        None, help="Multi-task SFT for one-pass answers: answer-only rows (the question -> only the answer block) "
         "beside the rationale rows of this share of the train samples: a number in (0, 1], all, or only "
         "(answer rows alone).  [default: none]"),
     seed: int = typer.Option(None, help="Seed.  [default: 42]"),
@@ -222,7 +225,7 @@ def train(
     save_steps: int = typer.Option(None, help="Also a checkpoint every N optimizer steps (0: epoch ends only).  [default: 20 for grpo, 100 for dpo, 0 for sft]"),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=GPU_HELP),
-    timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 14400, 4 h)."),
+    timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt.  [default: 14400, 4 h]"),
     detach: bool = typer.Option(None, "--detach", help=DETACH_HELP),
     max_parallel: int = typer.Option(None, help="With --remote and --folds/--sweep: containers at once.  [default: all]"),
     yes: bool = typer.Option(None, "--yes", "-y", help="With --remote: start a fan-out without asking, or a dpo/grpo run estimated to outrun --timeout."),
@@ -305,7 +308,7 @@ def eval_(
         "block, the letter its argmax; no rationale is generated (train with --answer-rows for it)."),
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     gpu: str = typer.Option(None, help=EVAL_GPU_HELP),
-    timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt (default 3600, 1 h)."),
+    timeout: int = typer.Option(None, help="Seconds before Modal stops one remote attempt.  [default: 3600, 1 h]"),
     detach: bool = typer.Option(None, "--detach", help=DETACH_HELP),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
@@ -342,7 +345,7 @@ def predict(
         None, help="A dataset (hub id, parquet file or folder, save_to_disk folder), or a segment table "
         "(CSV/parquet: ids, species, box) with --images-dir.", show_default=False),
     images_dir: Path = typer.Option(
-        None, help="For a segment table: folder of <proofread_root_id>_<current_root_id>_{front,side,top}.png."),
+        None, help="For a segment table: folder of `<proofread_root_id>_<current_root_id>_{front,side,top}.png`."),
     adapter_path: Path = typer.Option(None, help="Run folder from `train` (a CV run needs --ensemble or --fold; a sweep: its chosen point)."),
     model: Path = typer.Option(None, help="A folder written by `connectodistill export` (instead of --adapter-path)."),
     ensemble: bool = typer.Option(None, "--ensemble", help="CV run: average the fold students' letter probabilities."),
@@ -368,7 +371,7 @@ def predict(
     remote: bool = typer.Option(False, "--remote", help=REMOTE_HELP),
     shards: int = typer.Option(None, help="With --remote: split the input over N GPU containers at once."),
     gpu: str = typer.Option(None, help=EVAL_GPU_HELP),
-    timeout: int = typer.Option(None, help="Seconds before Modal stops one shard's attempt (default 3600, 1 h)."),
+    timeout: int = typer.Option(None, help="Seconds before Modal stops one shard's attempt.  [default: 3600, 1 h]"),
     config: Path = typer.Option(None, "--config", help=CONFIG_HELP),
 ) -> None:
     """The student's answers for new segments: predictions.parquet with letter, analysis, letter
@@ -493,7 +496,7 @@ def fetch(
 
 
 # ---------------------------------------------------------------- remote
-remote_app = typer.Typer(help="Modal account tools.", no_args_is_help=True)
+remote_app = typer.Typer(help="Modal account tools.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(remote_app, name="remote")
 
 
@@ -515,6 +518,17 @@ def remote_check(
         check_fn(build_config(RemoteConfig, values, {}), gpu=gpu, model=model or DEFAULT_MODEL)
 
     _run(go)
+
+
+def _show_defaults() -> None:
+    from .cli_help import show_defaults
+    from .core.config import ExportConfig, PredictConfig
+
+    show_defaults(app, {"merge": MergeConfig, "train": TrainConfig, "eval": EvalConfig, "predict": PredictConfig,
+                        "report": ReportConfig, "export": ExportConfig, "demo": DemoConfig}, RemoteConfig, REMOTE_FLAGS)
+
+
+_show_defaults()
 
 
 def main() -> None:

@@ -40,6 +40,20 @@ def _plain(v):
     return None if isinstance(v, float) and v != v else v
 
 
+def check_stages(cfg: DemoConfig, out: Path) -> None:
+    """Every stage's config built from ``cfg`` before anything is written: a bad value (say
+    --epochs -1) is one line now, not an error after two stages and a folder a rerun refuses."""
+    from .core.config import EvalConfig, MergeConfig, TrainConfig, build_config
+
+    build_config(MergeConfig, {}, dict(output=out / "merged.parquet", filter_correct_only=True,
+                                       responses_per_sample=None, force=True))
+    build_config(TrainConfig, {}, dict(augmented_dataset=out / "merged.parquet", model=str(out / "student"),
+                                       output_dir=out / "runs", run_name="demo", epochs=cfg.epochs, seed=cfg.seed,
+                                       **TRAIN_SETTINGS))
+    build_config(EvalConfig, {}, dict(output_dir=out / "results", max_new_tokens=cfg.max_new_tokens, batch_size=32,
+                                      votes=cfg.votes, target_accuracy=0.95))
+
+
 def demo(config: DemoConfig | None = None, **overrides) -> dict:
     """Run every stage under ``output_dir``; return the report.json contents."""
     from rich.console import Console
@@ -54,6 +68,7 @@ def demo(config: DemoConfig | None = None, **overrides) -> dict:
     out = Path(cfg.output_dir)
     if out.exists() and any(out.iterdir()) and not cfg.force:
         raise UserError(f"{out} is not empty: pass --force or choose another --output-dir")
+    check_stages(cfg, out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(stderr=True)
     t0 = time.time()

@@ -233,11 +233,12 @@ class ReportConfig(_Config):
 class DemoConfig(_Config):
     output_dir: Path = Path("demo-run")
     seed: int = 0
-    samples: int = 3000
-    image_size: int = 64
+    # fewer leaves val and test (10% each, by neuron) too few samples to choose or score on
+    samples: int = Field(3000, ge=100)
+    image_size: int = Field(64, ge=32)  # one merged visual token is 32 pixels a side
     # 0.8 of an epoch over every correct teacher draw (~4 per segment) fits the 5 minutes.
-    epochs: float = 0.8
-    max_new_tokens: int = 64
+    epochs: float = Field(0.8, gt=0)
+    max_new_tokens: int = Field(64, ge=1)
     # Sampled votes per test sample for the student's majority-of-K row (0: none).
     votes: int = Field(0, ge=0)
     force: bool = False

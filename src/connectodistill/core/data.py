@@ -109,7 +109,49 @@ def _looks_local(name: str) -> bool:
         or name.count("/") > 1
         or name.lower().endswith((".parquet", ".arrow", ".json", ".csv"))
         or Path(name).exists()
+        or ("/" in name and Path(name.split("/")[0]).expanduser().is_dir())  # owner/name: `owner` is a folder here
     )
+
+
+# What a file is, by its first bytes (a parquet file named .csv prints its binary header as text).
+_MAGIC = ((b"PAR1", "parquet"), (b"\x1f\x8b", "gzip"), (b"PK\x03\x04", "zip"),
+          (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "excel"))
+_BINARY_FIX = {
+    "parquet": ("a parquet file", "convert it (pandas: read_parquet(f).to_csv(out, index=False)) or pass a "
+                "command that reads parquet"),
+    "excel": ("an Excel workbook", "save it as CSV (UTF-8) from the spreadsheet, with the id columns "
+              "formatted as text"),
+    "gzip": ("gzip-compressed", "decompress it first (gunzip)"),
+    "zip": ("a zip archive", "unzip it and pass the CSV inside"),
+}
+
+
+def file_kind(path: str | os.PathLike) -> str | None:
+    """``parquet``, ``excel``, ``gzip`` or ``zip`` by the file's first bytes; None for anything else
+    (text, presumably). An .xlsx is a zip archive holding ``xl/``."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    kind = next((k for magic, k in _MAGIC if head.startswith(magic)), None)
+    if kind == "zip":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as z:
+                if any(n.startswith("xl/") for n in z.namelist()):
+                    kind = "excel"
+        except zipfile.BadZipFile:
+            pass
+    return kind
+
+
+def refuse_binary(path: str | os.PathLike, what: str = "a CSV", allow: tuple[str, ...] = ()) -> str | None:
+    """UserError when ``path`` is a parquet, Excel, gzip or zip file where ``what`` (text) is
+    expected, unless its kind is in ``allow``; returns the kind found (None: text)."""
+    kind = file_kind(path)
+    if kind is not None and kind not in allow:
+        desc, fix = _BINARY_FIX[kind]
+        raise UserError(f"{path} is {desc}, not {what} (by its first bytes, whatever its name); {fix}")
+    return kind
 
 
 def is_image_type(t: pa.DataType) -> bool:

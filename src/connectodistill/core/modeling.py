@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +158,8 @@ def _looks_local(name: str) -> bool:
     if re.match(r"^[A-Za-z]:[\\/]", name):  # Windows drive
         return True
     if os.sep in name or (os.altsep and os.altsep in name):
-        return not _HUB_ID.match(name)
+        # owner/name is a hub id, unless `owner` is a folder here (demo-run/student)
+        return not _HUB_ID.match(name) or Path(name.split("/")[0]).expanduser().is_dir()
     return False
 
 
@@ -344,7 +347,27 @@ def add_lora(
         target_modules=lora_target_modules(model, tune_vision=tune_vision, tune_merger=tune_merger),
         bias="none",
     )
-    return get_peft_model(model, config)
+    with quiet_checkpointing_alias():
+        return get_peft_model(model, config)
+
+
+@contextmanager
+def quiet_checkpointing_alias():
+    """peft and TRL ask the model ``is_gradient_checkpointing``, an alias transformers 5 deprecated
+    (peft_model.py: ``getattr(model, "is_gradient_checkpointing", True)``; trl/models/utils.py
+    when it generates): a FutureWarning on every train and eval that the user can do nothing
+    about. Only that warning is silenced."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def load_adapter(model: Any, path: str | Path, **kwargs):
+    """``PeftModel.from_pretrained(model, path, **kwargs)``, without peft's deprecation noise."""
+    from peft import PeftModel
+
+    with quiet_checkpointing_alias():
+        return PeftModel.from_pretrained(model, str(path), **kwargs)
 
 
 # --------------------------------------------------------------------------- shape-only builds
@@ -398,9 +421,7 @@ def load_for_inference(base_model: str | Path, adapter: str | Path | None = None
     model = load_model(base_model, load_in_4bit=load_in_4bit)
     if adapter is None:
         return model, {"lora_merged": False, "why": "no adapter"}
-    from peft import PeftModel
-
-    model = PeftModel.from_pretrained(model, str(adapter))
+    model = load_adapter(model, adapter)
     cuda = next(model.parameters()).is_cuda
     if merge is None:
         merge = cuda and not load_in_4bit

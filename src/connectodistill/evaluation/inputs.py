@@ -17,6 +17,7 @@ from typing import Any
 from ..core.config import EvalConfig
 from ..core.conversation import SIMPLE_PROMPT, build_prompt, prompt_template_hash
 from ..core.errors import UserError
+from ..core.paths import locate, same_input
 from ..core.prompts import SamplePrompt, choose_setting, first_stored, sample_prompts
 from ..core.task import (
     DEFAULT_CONFIG,
@@ -27,6 +28,8 @@ from ..core.task import (
 )
 from ..training.run_folders import EXPORT_MANIFEST
 from ..training.runs import PROMPT_TEMPLATES, RUN_CONFIG, SAMPLE_PROMPTS
+
+_INPUTS = ("base_model", "dataset_name")  # compared by what they are, not by spelling
 
 __all__ = ["choose_prompts", "default_name", "mismatch", "run_settings", "select_samples", "train_keys"]
 
@@ -49,10 +52,15 @@ def run_settings(cfg: EvalConfig) -> dict[str, Any]:
             run["base_model"], run["pixel_budget"]["max_pixels"], run["splits"]  # noqa: B018
         except (ValueError, KeyError, TypeError) as e:
             raise UserError(f"{run_dir / config_file}: unreadable or incomplete ({e}); re-run train") from e
+        # Recorded inputs found from here, even after the run and its inputs moved (core/paths.py);
+        # one given as a flag replaces it below, so only then is a missing one not an error.
         s = {
             # an exported folder is its own base model: the adapter is merged into it
-            "base_model": run["base_model"] if cfg.adapter_path is not None else str(run_dir),
-            "dataset_name": run.get("dataset_name"),
+            "base_model": locate(run, "base_model", run_dir, what=None if cfg.base_model else "base model")
+            if cfg.adapter_path is not None else str(run_dir),
+            # as recorded: remote calls link an uploaded copy under it (remote/predict.py)
+            "recorded_base_model": run["base_model"] if cfg.adapter_path is not None else str(run_dir),
+            "dataset_name": locate(run, "dataset_name", run_dir, what=None if cfg.dataset_name else "benchmark"),
             "config_name": run.get("config_name"),
             "dataset_split": run.get("dataset_split"),
             "with_description": run.get("with_description", True),
@@ -85,7 +93,8 @@ def run_settings(cfg: EvalConfig) -> dict[str, Any]:
                           ("with_description", "with_description"), ("min_pixels", "min_pixels"),
                           ("max_pixels", "max_pixels")):
             given = getattr(cfg, flag)
-            if given is not None and given != s[key]:
+            # the same input by another spelling (an absolute path, a copy) is no mismatch
+            if given is not None and given != s[key] and not (key in _INPUTS and same_input(given, s[key])):
                 mismatch(cfg, f"--{flag.replace('_', '-')}", s[key], given)
                 s[key] = given
         return s
@@ -110,7 +119,8 @@ def run_settings(cfg: EvalConfig) -> dict[str, Any]:
         raise UserError("--prompt teacher needs the teacher's prompts: pass --merged MERGED.parquet")
     return {
         "base_model": cfg.base_model,
-        "dataset_name": cfg.dataset_name or report.get("dataset_name") or DEFAULT_DATASET,
+        "dataset_name": cfg.dataset_name or locate(report, "dataset_name", Path(cfg.merged or ".").parent)
+        or DEFAULT_DATASET,
         "config_name": cfg.config_name or report.get("config_name") or DEFAULT_CONFIG,
         "dataset_split": cfg.dataset_split or report.get("dataset_split") or DEFAULT_DATASET_SPLIT,
         "with_description": setting != "without_description",

@@ -25,6 +25,7 @@ from ..core.conversation import (
 )
 from ..core.errors import UserError
 from ..core.generation import generate_answers, letter_probabilities, one_pass_probabilities
+from ..core.paths import PATHS_KEY, record_paths
 from ..core.task import (
     ID_COLUMNS,
     image_columns,
@@ -212,6 +213,7 @@ def evaluate(config: EvalConfig | None = None, **overrides) -> Path:
         "model": settings["base_model"],
         "adapter": str(cfg.adapter_path) if cfg.adapter_path else None,
         "exported_model": str(cfg.model) if cfg.model else None,
+        PATHS_KEY: record_paths({"adapter": cfg.adapter_path, "exported_model": cfg.model}, out_dir),
         "settings": {
             "split": split, "dataset_name": settings["dataset_name"], "config_name": settings["config_name"],
             "dataset_split": settings["dataset_split"], "blank_images": cfg.blank_images,

@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..core.config import MergeConfig
+from ..core.paths import PATHS_KEY, record_paths
 from ..core.task import BBOX_COLUMNS, ID_COLUMNS, LETTERS, SPLITS, image_columns
 from .matching import UNPARSED_CODE, Benchmark, Votes
 from .splits import fold_warnings
@@ -104,6 +105,8 @@ def build_report(cfg: MergeConfig, bench: Benchmark, teacher: Teacher, votes: Vo
         "malformed": teacher.malformed,
         "unmatched_examples": unmatched_examples,
         "dataset_name": cfg.dataset_name,
+        # a local benchmark also absolute and relative to the merged file's folder (core/paths.py)
+        PATHS_KEY: record_paths({"dataset_name": cfg.dataset_name}, Path(cfg.output).parent),
         "config_name": cfg.config_name,
         "dataset_split": cfg.dataset_split,
         "label_column": bench.label_column,

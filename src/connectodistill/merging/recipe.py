@@ -51,6 +51,7 @@ from .teacher_csv import (
     Teacher,
     as_numpy,
     decode_prompts,
+    malformed_summary,
     memory_pool,
     read_teacher_csvs,
     setting_codes,
@@ -216,8 +217,8 @@ def _require_some_match(bench: Benchmark, teacher: Teacher, cfg: MergeConfig) ->
     if (teacher.segment >= 0).any():
         return
     if teacher.n == 0:
-        raise UserError(f"no usable teacher rows in {', '.join(map(str, cfg.csv_files))} "
-                        f"({teacher.malformed_count} malformed); check the files")
+        raise UserError(f"no usable teacher rows in {', '.join(map(str, cfg.csv_files))}: all "
+                        f"{teacher.malformed_count} rows are malformed; {malformed_summary(teacher)}")
     t = teacher.table
     example = (t["proofread_root_id"][0].as_py(), t["current_root_id"][0].as_py())
     raise UserError(

@@ -51,6 +51,8 @@ class Teacher:
     malformed_count: int
     files: list[dict]  # per file read: path, sha256, rows, malformed
     skipped_files: list[dict] = field(default_factory=list)  # {path, same_content_as}
+    # why rows were malformed: kind -> {count, example: {file, line, column, cell}} (malformed_kind)
+    malformed_kinds: dict[str, dict] = field(default_factory=dict)
     # filled by match_responses / score_responses (arrays over table rows):
     segment: np.ndarray | None = None  # matched benchmark segment row, -1 if none
     keep: np.ndarray | None = None  # False for a row repeated inside its own file
@@ -80,6 +82,7 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
     tables: list[pa.Table] = []
     malformed: list[dict] = []
     malformed_count = 0
+    kinds: dict[str, dict] = {}
     files: list[dict] = []
     skipped_files: list[dict] = []
     seen: dict[str, Path] = {}
@@ -90,7 +93,10 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
             skipped_files.append({"path": str(path), "same_content_as": str(seen[digest])})
             continue
         seen[digest] = path
-        table, bad, n_bad = _read_one_csv(path, progress=progress, console=console)
+        table, bad, n_bad, file_kinds = _read_one_csv(path, progress=progress, console=console)
+        for kind, k in file_kinds.items():
+            into = kinds.setdefault(kind, {"count": 0, "example": {"file": str(path), **k["example"]}})
+            into["count"] += k["count"]
         n = table.num_rows
         table = table.append_column("source", pa.array([path.name] * n, pa.string()))
         table = table.append_column("file", pa.array(np.full(n, len(files), dtype=np.int64)))
@@ -102,7 +108,7 @@ def read_teacher_csvs(paths: list[Path], *, progress: bool = False, console=None
         malformed.extend({"file": str(path), **b} for b in bad[:max(room, 0)])
         files.append({"path": str(path), "sha256": digest, "rows": n + n_bad, "malformed": n_bad})
     # zero-copy: the columns stay in their read chunks (``take`` handles chunked arrays)
-    return Teacher(pa.concat_tables(tables), malformed, malformed_count, files, skipped_files)
+    return Teacher(pa.concat_tables(tables), malformed, malformed_count, files, skipped_files, kinds)
 
 
 def memory_pool() -> pa.MemoryPool:
@@ -120,12 +126,13 @@ def memory_pool() -> pa.MemoryPool:
         return pa.default_memory_pool()
 
 
-def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, list[dict], int]:
-    """(well-formed rows, first malformed rows as {line, reason}, malformed count) of one CSV."""
+def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, list[dict], int, dict]:
+    """(well-formed rows, first malformed rows as {line, reason}, malformed count, why) of one CSV."""
     import pyarrow.csv as pacsv
 
     if path.stat().st_size == 0:
         raise UserError(f"empty CSV file: {path} (no header); pass the teacher's results CSV")
+    data.refuse_binary(path, "a teacher CSV")
     with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader(f), [])
     columns: dict[str, str] = {}
@@ -141,7 +148,8 @@ def _read_one_csv(path: Path, *, progress: bool, console) -> tuple[pa.Table, lis
 
     def on_bad_row(row) -> str:  # rows with the wrong number of cells
         skipped.append({"line": row.number, "reason": f"expected {row.expected_columns} cells, "
-                        f"got {row.actual_columns}: {row.text[:60]!r}"})
+                        f"got {row.actual_columns}: {row.text[:60]!r}", "kind": "cells",
+                        "cell": f"{row.actual_columns} cells, header {row.expected_columns}"})
         return "skip"
 
     read_options = pacsv.ReadOptions(block_size=8 << 20)
@@ -245,10 +253,25 @@ def _validate_rows(table: pa.Table, path: Path, skipped: list[dict]) -> tuple[pa
     })
 
     bad_rows = np.flatnonzero(~ok)
-    details = list(skipped)
+    kinds: dict[str, dict] = {}
+    for d in skipped:  # wrong cell counts: their own kind
+        k = kinds.setdefault("cells", {"count": 0, "example": {"line": d["line"], "column": None, "cell": d["cell"]}})
+        k["count"] += 1
+    details = [{"line": d["line"], "reason": d["reason"]} for d in skipped]
     if len(bad_rows):
-        lines = _line_numbers(table, bad_rows[:_MAX_REPORTED_MALFORMED])
         names = (*ID_COLUMNS, *BBOX_COLUMNS)
+        # why (the first _MAX_CLASSIFIED are enough to name the commonest reason)
+        for r in bad_rows[:_MAX_CLASSIFIED]:
+            col = names[first_bad[r]]
+            value = table[col][int(r)].as_py()
+            k = kinds.setdefault(malformed_kind(col, value), {"count": 0, "example": {"row": int(r), "column": col,
+                                                                                      "cell": value[:40]}})
+            k["count"] += 1
+        examples = [k["example"] for k in kinds.values() if "row" in k["example"]]
+        for ex, line in zip(examples, _line_numbers(table, np.array([e.pop("row") for e in examples], dtype=np.int64)),
+                            strict=True):
+            ex["line"] = line
+        lines = _line_numbers(table, bad_rows[:_MAX_REPORTED_MALFORMED])
         for r, line in zip(bad_rows[:_MAX_REPORTED_MALFORMED], lines, strict=True):
             col = names[first_bad[r]]
             value = table[col][int(r)].as_py()
@@ -256,7 +279,51 @@ def _validate_rows(table: pa.Table, path: Path, skipped: list[dict]) -> tuple[pa
             details.append({"line": line, "reason": f"{col} {what}"})
         out = out.filter(pa.array(ok))
     details.sort(key=lambda d: (d["line"] is None, d["line"] or 0))
-    return out, details, len(bad_rows) + len(skipped)
+    return out, details, len(bad_rows) + len(skipped), kinds
+
+
+_MAX_CLASSIFIED = 10_000
+_SCIENTIFIC_RE = re.compile(r"^[+-]?[0-9]+(?:\.[0-9]*)?[eE][+-]?[0-9]+$")
+_DECIMAL_RE = re.compile(r"^[+-]?[0-9]+\.[0-9]*$")
+
+# kind -> (what it means, how to fix it): the commonest kind is named when no row is usable.
+MALFORMED_KINDS = {
+    "scientific": ("ids in scientific notation (a spreadsheet rounded them)",
+                   "re-export the CSV without a spreadsheet, or keep the id columns as text"),
+    "decimal": ("ids written as decimals", "write the id columns as whole numbers (no .0)"),
+    "blank": ("blank cells", "fill the id and box columns of every row"),
+    "negative": ("negative or too large ids", "ids are positive 64-bit integers: check the id columns"),
+    "text": ("cells that are not numbers", "check that the id and box columns hold numbers"),
+    "cells": ("rows with another number of cells than the header",
+              "check the delimiter (a comma) and the quoting of text cells"),
+}
+
+
+def malformed_kind(column: str, value: str) -> str:
+    """Why an id or box cell is not usable: a key of ``MALFORMED_KINDS``."""
+    v = value.strip()
+    if not v:
+        return "blank"
+    if column in ID_COLUMNS:
+        if _SCIENTIFIC_RE.match(v):
+            return "scientific"
+        if _DECIMAL_RE.match(v):
+            return "decimal"
+        if re.fullmatch(r"[+-]?[0-9]+", v):
+            return "negative"
+    return "text"
+
+
+def malformed_summary(teacher: Teacher) -> str:
+    """The commonest reason rows were malformed, with an example cell and the fix (one line)."""
+    if not teacher.malformed_kinds:
+        return "check the files"
+    kind, k = max(teacher.malformed_kinds.items(), key=lambda kv: kv[1]["count"])
+    what, fix = MALFORMED_KINDS[kind]
+    ex = k["example"]
+    where = f"{ex['file']} line {ex.get('line') or '?'}"
+    cell = f"{ex['column']} {ex['cell']!r}" if ex.get("column") else ex["cell"]
+    return f"most ({k['count']}) have {what}, e.g. {where}: {cell}; {fix}"
 
 
 def _line_numbers(table: pa.Table, rows: np.ndarray) -> list[int]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..core.config import ExportConfig, resolve
 from ..core.errors import UserError
+from ..core.paths import PATHS_KEY, locate, rebase_paths
 from ..training.run_folders import (  # noqa: F401
     EXPORT_MANIFEST,
     chosen_run,
@@ -56,18 +57,17 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
         raise UserError(f"--output {out} is inside the run folder {run}; choose a folder outside it")
     try:
         run_config = json.loads((run / "training_config.json").read_text())
-        base_model, budget = run_config["base_model"], run_config["pixel_budget"]
+        base_model = locate(run_config, "base_model", run, what="base model")
+        budget = run_config["pixel_budget"]
     except (ValueError, KeyError) as e:
         raise UserError(f"{run / 'training_config.json'}: unreadable or incomplete ({e}); re-run train") from e
     report_rows = _report_rows(cfg.report)  # checked before minutes of loading
 
-    from peft import PeftModel
-
-    from ..core.modeling import load_model, load_processor
+    from ..core.modeling import load_adapter, load_model, load_processor
 
     # 1. Base + adapter, merged on the CPU in the export dtype.
     model = load_model(base_model, device="cpu", dtype=cfg.dtype)
-    merged = PeftModel.from_pretrained(model, str(run)).merge_and_unload()
+    merged = load_adapter(model, run).merge_and_unload()
     processor, _ = load_processor(str(run), min_pixels=budget["min_pixels"], max_pixels=budget["max_pixels"])
 
     # 2. Everything into a temporary folder beside the output, renamed at the end.
@@ -83,7 +83,8 @@ def export(config: ExportConfig | None = None, **overrides) -> Path:
                 shutil.copy2(run / name, tmp / name)
         calibration = json.loads((run / "calibration.json").read_text()) if (run / "calibration.json").is_file() else None
         manifest = {**run_config, "calibration": calibration, "exported_from": str(run), "export_dtype": str(cfg.dtype),
-                    "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                    "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    PATHS_KEY: rebase_paths(run_config, run, out)}  # found from the exported folder
         (tmp / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=1))
         (tmp / "README.md").write_text(model_card(manifest, report_rows, cfg.output))
         if out.exists():
@@ -178,7 +179,7 @@ def model_card(manifest: dict, report_rows: list[dict], output) -> str:
         lines += ["", "Intervals: percentile bootstrap over leak-proof groups; the teacher is scored on the "
                   "same held-out samples."]
     else:
-        lines.append("No evaluation was attached to this export (`connectodistill export RUN --report "
+        lines.append("No evaluation was attached to this export (`connectodistill export RUN --output DIR --report "
                      "report.csv` adds the report's table here).")
     lines += [
         "",
@@ -196,7 +197,7 @@ def model_card(manifest: dict, report_rows: list[dict], output) -> str:
         "answers `<analysis>...</analysis>` then `<answer>letter</answer>`. Or let connectodistill do it:",
         "",
         "```bash",
-        f"connectodistill predict --model {name} --segments segments.csv --images-dir renders/ --output preds/",
+        f"connectodistill predict segments.csv --model {name} --images-dir renders/ --output preds/",
         f"connectodistill eval --model {name} --merged merged.parquet",
         "```",
         "",

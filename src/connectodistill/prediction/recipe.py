@@ -156,7 +156,9 @@ def triage_threshold(cfg: PredictConfig, dirs: list[Path], kind: str = "adapter"
     if not tri or ("threshold" not in tri and "thresholds" not in tri):
         raise UserError(f"{path} holds no triage threshold: run `connectodistill eval --target-accuracy A` "
                         "first, or pass --threshold T")
-    student = summary.get("exported_model") or summary.get("adapter")
+    from ..core.paths import locate
+
+    student = locate(summary, "exported_model", path.parent) or locate(summary, "adapter", path.parent)
     ours = {Path(cfg.model or cfg.adapter_path).resolve(), *(d.resolve() for d in dirs)}
     if student and Path(student).exists() and Path(student).resolve() not in ours:
         raise UserError(f"{path}: its threshold was chosen for {student}, not this model; pass --threshold T "
@@ -284,10 +286,10 @@ class Student:
         model, self.inference = load_for_inference(s["base_model"], adapter, load_in_4bit=p.cfg.load_in_4bit)
         self.names: list[str | None] = [None]
         if p.kind == "ensemble":
-            from peft import PeftModel
+            from ..core.modeling import load_adapter
 
             self.names = [d.name for d in p.students]
-            model = PeftModel.from_pretrained(model, str(p.students[0]), adapter_name=self.names[0])
+            model = load_adapter(model, p.students[0], adapter_name=self.names[0])
             for name, d in zip(self.names[1:], p.students[1:], strict=True):
                 model.load_adapter(str(d), adapter_name=name)
         self.model = model

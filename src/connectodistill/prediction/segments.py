@@ -284,7 +284,7 @@ def open_source(name: str | None, images_dir: Path | None = None, *, config_name
                                 f"hub:{name}:{config_name or DEFAULT_CONFIG}:{split}")
     if not path.exists():
         raise UserError(f"input not found: {name}")
-    if path.is_file() and path.suffix.lower() == ".csv":
+    if path.is_file() and path.suffix.lower() == ".csv" and data.refuse_binary(path, "a CSV", ("parquet",)) is None:
         raise UserError(f"{name} is a segment table: pass --images-dir DIR holding "
                         "<proofread_root_id>_<current_root_id>_{front,side,top}.png")
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
@@ -314,7 +314,8 @@ def open_source(name: str | None, images_dir: Path | None = None, *, config_name
 def _open_table(path: Path, images_dir: Path) -> Source:
     from ..core import data
 
-    csv = path.suffix.lower() == ".csv"
+    # a parquet file named .csv is read as parquet; Excel, gzip, zip are one line (core/data.py)
+    csv = path.suffix.lower() == ".csv" and data.refuse_binary(path, "a CSV segment table", ("parquet",)) is None
     try:
         if csv:
             import pyarrow.csv as pacsv

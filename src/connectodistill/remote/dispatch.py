@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from ..core.config import EvalConfig, RemoteConfig, TrainConfig
 from ..core.errors import UserError
+from ..core.paths import locate
 from . import boundary
 from .app import declare, duration, guard_budget, read_lock, resources
 from .calls import (
@@ -212,8 +213,15 @@ def _eval_call(eval_cfg: EvalConfig, remote_cfg: RemoteConfig, runs) -> tuple[di
     # The benchmark and base model evaluate() will load: local ones are uploaded too.
     dataset = eval_cfg.dataset_name or run.get("dataset_name") or report.get("dataset_name") or DEFAULT_DATASET
     base_model = eval_cfg.base_model or run.get("base_model")
-    base_local = _local_input(base_model, "base model")
-    uploads += [(str(dataset), _local_input(dataset, "benchmark"), "datasets"),
+    # A recorded input is uploaded from where it is found here (core/paths.py: the run may have
+    # moved), and linked under the recorded value, which the container's evaluate() looks up.
+    found = {"base_model": locate(run, "base_model", adapter) if adapter and not eval_cfg.base_model else base_model,
+             "dataset_name": dataset if eval_cfg.dataset_name or not run.get("dataset_name")
+             else locate(run, "dataset_name", adapter)}
+    if merged is not None and not eval_cfg.dataset_name and not run.get("dataset_name"):
+        found["dataset_name"] = locate(report, "dataset_name", merged.parent) or dataset
+    base_local = _local_input(found["base_model"], "base model")
+    uploads += [(str(dataset), _local_input(found["dataset_name"], "benchmark"), "datasets"),
                 (str(base_model), base_local, "models")]
     if merged is not None:
         uploads.append((str(merged), merged, "datasets"))

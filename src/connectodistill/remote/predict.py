@@ -204,8 +204,9 @@ def _stage_model(cfg: PredictConfig, p, out: Path, rc: RemoteConfig, base_model,
         shutil.rmtree(stage, ignore_errors=True)
         slim = _slim_copy(run, stage / run.resolve().name)
         links[str(cfg.adapter_path)] = upload(boundary.volume(rc.datasets_volume), "datasets", slim)
-    if base_local is not None:
-        links[str(base_model)] = upload(boundary.volume(rc.models_volume), "models", base_local)
+    if base_local is not None:  # under the recorded value: the container finds it there (core/paths.py)
+        key = p.settings[0].get("recorded_base_model") or base_model
+        links[str(key)] = upload(boundary.volume(rc.models_volume), "models", base_local)
     return links
 
 

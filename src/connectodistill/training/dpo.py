@@ -314,7 +314,10 @@ def train_dpo(config: TrainConfig | None = None, *, callbacks: list | None = Non
         run_dir.mkdir(parents=True, exist_ok=True)
         write_pairs(pairs, run_dir / PAIRS_FILE)
     t_train = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    from ..core.modeling import quiet_checkpointing_alias
+
+    with quiet_checkpointing_alias():  # TRL's generation reads the deprecated alias
+        result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.time() - t_train
 
     # 5. The run folder: as SFT's, plus the pairs and the DPO settings.

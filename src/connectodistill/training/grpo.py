@@ -209,7 +209,10 @@ def train_grpo(config: TrainConfig | None = None, *, callbacks: list | None = No
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
     t_train = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    from ..core.modeling import quiet_checkpointing_alias
+
+    with quiet_checkpointing_alias():  # TRL's generation reads the deprecated alias
+        result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.time() - t_train
     tokenizer.padding_side = saved_side  # the saved processor keeps the student's own padding
 

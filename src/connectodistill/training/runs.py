@@ -154,7 +154,15 @@ class ParentRun:
 
     @property
     def base_model(self) -> str:
-        return self.config["base_model"]
+        from ..core.paths import locate
+
+        return locate(self.config, "base_model", self.path, what="the parent run's base model")
+
+    @property
+    def merged_file(self) -> str | None:
+        from ..core.paths import locate
+
+        return locate(self.config, "merged_file", self.path)
 
     @property
     def method(self) -> str:
@@ -199,8 +207,8 @@ def continued_settings(cfg: TrainConfig) -> TrainConfig:
     if cfg.model == DEFAULT_MODEL:
         updates["model"] = parent.base_model
     default = TrainConfig.model_fields["augmented_dataset"].default
-    if Path(cfg.augmented_dataset) == default and not default.is_file() and parent.config.get("merged_file"):
-        updates["augmented_dataset"] = parent.config["merged_file"]
+    if Path(cfg.augmented_dataset) == default and not default.is_file() and parent.merged_file:
+        updates["augmented_dataset"] = parent.merged_file
     return TrainConfig(**{**cfg.model_dump(), **updates}) if updates else cfg
 
 
@@ -217,8 +225,8 @@ def parent_training_data(parent: ParentRun, cfg: TrainConfig):
 
     merged = Path(cfg.augmented_dataset)
     default = TrainConfig.model_fields["augmented_dataset"].default
-    if merged == default and not merged.is_file() and parent.config.get("merged_file"):
-        merged = Path(parent.config["merged_file"])
+    if merged == default and not merged.is_file() and parent.merged_file:
+        merged = Path(parent.merged_file)
     s = parent.settings
     fold = s.get("fold", parent.config.get("fold"))
     if cfg.fold is not None and cfg.fold != fold:
@@ -260,7 +268,9 @@ def continue_parent(parent: ParentRun, cfg: TrainConfig):
         if value is not None and value != budget[flag]:
             raise UserError(f"--{flag.replace('_', '-')} {value} differs from the parent run's {budget[flag]}; "
                             "a continued run keeps its parent's pixel budget")
-    if cfg.model not in (DEFAULT_MODEL, parent.base_model):
+    from ..core.paths import same_input
+
+    if cfg.model != DEFAULT_MODEL and not same_input(cfg.model, parent.base_model):
         raise UserError(f"--model {cfg.model} differs from the parent run's base model {parent.base_model}; "
                         "drop the flag")
     processor, budget = load_processor(parent.path, min_pixels=budget["min_pixels"], max_pixels=budget["max_pixels"])
@@ -273,9 +283,9 @@ def continue_parent(parent: ParentRun, cfg: TrainConfig):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=bool(gradient_checkpointing(cfg)),
                                                 gradient_checkpointing_kwargs={"use_reentrant": False})
-    from peft import PeftModel
+    from ..core.modeling import load_adapter
 
-    model = PeftModel.from_pretrained(model, str(parent.path), is_trainable=True)
+    model = load_adapter(model, parent.path, is_trainable=True)
     return model, processor, budget
 
 
@@ -317,9 +327,13 @@ def run_config(cfg: TrainConfig, *, method: str, data, processor, model, budget:
     from ..core.conversation import PROMPT_TEMPLATE_ID, prompt_template_hash
     from ..core.data import sha256_file
     from ..core.modeling import model_kind
+    from ..core.paths import PATHS_KEY, locate
     from .examples import source_counts
 
     report = data.report
+    # The inputs as found now; save_run records them absolute and relative to the run folder.
+    inputs = {"base_model": base_model, "merged_file": str(merged_path),
+              "dataset_name": locate(report, "dataset_name", Path(merged_path).parent)}
     return {
         "method": method,
         "settings": cfg.model_dump(mode="json"),
@@ -357,15 +371,18 @@ def run_config(cfg: TrainConfig, *, method: str, data, processor, model, budget:
         "splits": data.splits,
         **extra,
         "library_versions": library_versions(),
+        PATHS_KEY: inputs,
     }
 
 
 def save_run(run_dir: Path, *, model, processor, data, trainer, config: dict) -> Path:
     """Adapter (the trained one only, at the root), processor, loss history, every sample's
     prompt and the templates, then ``training_config.json`` last."""
+    from ..core.paths import PATHS_KEY, record_paths
     from .examples import write_sample_prompts
 
     run_dir = Path(run_dir)
+    config = {**config, PATHS_KEY: record_paths(config.get(PATHS_KEY) or {}, run_dir)}
     names = list(getattr(model, "peft_config", {}) or {})
     model.save_pretrained(run_dir, **({"selected_adapters": ["default"]} if "default" in names else {}))
     # A batched call (TRL pads left) leaves padding switched on in the fast tokenizer's backend,
@@ -387,11 +404,13 @@ def print_summary(title: str, run_dir: Path, rows: list[tuple[str, str]], train_
     from rich.table import Table
 
     t = Table(title=title, show_header=False)
-    t.add_row("run folder", str(run_dir))
     for k, v in rows:
         t.add_row(k, v)
     t.add_row("time", f"{train_seconds:.1f} s training, {total_seconds:.1f} s total")
-    Console(stderr=True).print(t)
+    console = Console(stderr=True)
+    console.print(t)
+    # Whole, on a line of its own (a table cell would cut it): the next command needs it.
+    console.print(f"run folder: {run_dir}", soft_wrap=True, highlight=False, markup=False)
 
 
 def teacher_models_of(df) -> list[str]:

@@ -121,19 +121,12 @@ def train_sft(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
 
 
 def _print_summary(run_dir, result, trainer, n_train, train_seconds, total_seconds) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="train", show_header=False)
-    t.add_row("run folder", str(run_dir))
-    t.add_row("train examples", str(n_train))
-    t.add_row("optimizer steps", str(trainer.state.global_step))
-    t.add_row("train loss", f"{result.training_loss:.4f}")
-    t.add_row("samples/s", f"{result.metrics.get('train_samples_per_second', 0):.2f}")
+    rows = [("train examples", str(n_train)), ("optimizer steps", str(trainer.state.global_step)),
+            ("train loss", f"{result.training_loss:.4f}"),
+            ("samples/s", f"{result.metrics.get('train_samples_per_second', 0):.2f}")]
     if trainer.state.best_metric is not None:
-        t.add_row("best val metric", f"{trainer.state.best_metric:.4f}")
-    t.add_row("time", f"{train_seconds:.1f} s training, {total_seconds:.1f} s total")
-    Console(stderr=True).print(t)
+        rows.append(("best val metric", f"{trainer.state.best_metric:.4f}"))
+    runs.print_summary("train", run_dir, rows, train_seconds, total_seconds)
 
 
 def _make_trainer_class():

@@ -94,6 +94,8 @@ def trainer_arguments(cfg: TrainConfig, run_dir: Path, *, metric: str | None, gr
         # epochs (starting them again each epoch costs a fork of the whole process).
         dataloader_num_workers=workers,
         dataloader_persistent_workers=workers > 0,
+        # pinned memory only helps copies to a GPU; on CPU torch warns on every DataLoader
+        dataloader_pin_memory=cuda,
         disable_tqdm=not cfg.progress,
     )
 
