@@ -30,9 +30,17 @@ runner = CliRunner()
 
 
 def _shell_lines(text: str) -> list[str]:
-    """Shell lines (continuations joined), comments dropped."""
+    """Shell lines (continuations joined), comments dropped. In Markdown, only the lines of
+    fenced code blocks: prose (a quoted message naming a command mid-sentence) is not a shell
+    line; inline code spans are read by ``extract``."""
     lines, pending = [], ""
+    fenced, inside = "```" in text, False
     for raw in text.splitlines():
+        if raw.strip().startswith("```"):
+            inside = not inside
+            continue
+        if fenced and not inside:
+            continue
         line = pending + raw.strip()
         if line.endswith("\\"):
             pending = line[:-1] + " "
