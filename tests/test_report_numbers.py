@@ -249,3 +249,55 @@ def test_a_fold_training_on_a_sliver_is_warned(tmp_path):
     res = merge(csv_files=csvs, output=tmp_path / "m.parquet", dataset_name=str(bench_path), folds=4, quiet=True)
     warnings = res.report["fold_warnings"]
     assert len(warnings) == 1 and "trains on" in warnings[0] and "30 samples" in warnings[0]
+
+
+# ----------------------------------------------------------------------------- outputs a reader can trust
+def test_p_values_and_verdicts_say_only_what_the_test_says():
+    from connectodistill.evaluation.reporting import describe_delta, format_p
+
+    assert format_p(0.0) == "p < 0.001" and format_p(0.0573) == "p = 0.057" and format_p(None) == "p = n/a"
+    row = {"model": "s", "delta_vs_teacher": -0.08, "delta_vs_teacher_ci": [-0.15, -0.01]}
+    assert "worse" in describe_delta({**row, "mcnemar_p": 0.01})
+    borderline = describe_delta({**row, "mcnemar_p": 0.057})  # the interval and McNemar disagree
+    assert "worse" not in borderline and "borderline" in borderline and "p = 0.057" in borderline
+    assert "no difference" in describe_delta({**row, "delta_vs_teacher_ci": [-0.15, 0.02], "mcnemar_p": 0.3})
+
+
+def test_nothing_to_calibrate_without_a_parsed_answer(tmp_path):
+    from connectodistill.evaluation.results import confidence_summary, plot_confidence
+
+    preds = pd.DataFrame({"ground_truth_letter": ["a", "b"], "predicted_letter": [None, None],
+                          "correct": [False, False], "confidence": [0.0, 0.0],
+                          **{f"p_{x}": [1 / 7, 1 / 7] for x in LETTERS}})
+    s = confidence_summary(preds)
+    assert s["ece"] is None and s["calibration_note"] == "n/a: no parsed answers"
+    plot_confidence({"name": "x", "n": 2, **s}, preds, tmp_path)
+    assert not (tmp_path / "reliability.png").exists()  # no plot of nothing
+
+
+def test_the_model_card_has_no_none_and_one_unit():
+    from connectodistill.prediction.exporting import model_card
+
+    row = {"model": "student", "n": 38, "accuracy": 0.7789, "accuracy_ci": "[0.70, 0.85]", "balanced_accuracy": 0.5,
+           "balanced_accuracy_ci": "[0.4, 0.6]", "delta_vs_teacher": -0.0526, "delta_vs_teacher_ci": "[-0.1, 0.0]",
+           "mcnemar_p": 0.0}
+    card = model_card({"settings": {"lora_r": 16}, "rows": {}, "best_metric": None}, [row], "out")
+    assert "None" not in card
+    assert "77.9% [70.0, 85.0]" in card and "-5.3 pp [-10.0, +0.0], p < 0.001" in card
+    assert "the last step (no val selection)" in card
+
+
+def test_plots_share_their_axes_and_keep_an_edge_point_whole(tmp_path):
+    from connectodistill.core.calibration import (
+        plot_reliability,
+        plot_risk_coverage,
+        reliability_bins,
+    )
+
+    # every answer at p = 1.0: one point on the right edge, drawn whole
+    fig = plot_reliability({"student": reliability_bins([1.0] * 5, [1, 1, 1, 0, 1])}, tmp_path / "r.png")
+    ax = fig.axes[0]
+    assert ax.get_xlim()[1] > 1.0 and ax.get_ylim()[1] > 1.0 and not ax.lines[-1].get_clip_on()
+    limits = {plot_risk_coverage({"m": (np.linspace(0, 1, n), np.arange(n) % 2)}, tmp_path / f"{n}.png").axes[0].get_ylim()
+              for n in (5, 50)}
+    assert limits == {(0.0, 1.0)}  # the same scale whatever the model's risks

@@ -256,7 +256,7 @@ def _save(fig, path: Path) -> None:
     tmp.replace(path)
 
 
-def plot_reliability(curves: Mapping[str, Sequence[dict]], path: Path, title: str = "") -> None:
+def plot_reliability(curves: Mapping[str, Sequence[dict]], path: Path, title: str = ""):
     """Reliability diagram: accuracy against mean confidence per bin, one line per confidence."""
     from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend alone
 
@@ -276,10 +276,11 @@ def plot_reliability(curves: Mapping[str, Sequence[dict]], path: Path, title: st
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "reliability (numbers: samples per bin)", fontsize=9)
     _save(fig, path)
+    return fig
 
 
 def plot_risk_coverage(curves: Mapping[str, tuple[Sequence[float], Sequence[int]]], path: Path,
-                       title: str = "") -> None:
+                       title: str = ""):
     """Risk-coverage curves from {label: (confidence, correct)}, most confident first."""
     from matplotlib.figure import Figure
 
@@ -294,3 +295,4 @@ def plot_risk_coverage(curves: Mapping[str, tuple[Sequence[float], Sequence[int]
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "risk-coverage", fontsize=9)
     _save(fig, path)
+    return fig

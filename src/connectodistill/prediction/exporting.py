@@ -115,12 +115,6 @@ def _report_rows(path) -> list[dict]:
     return pd.read_csv(path).to_dict("records")
 
 
-def _ci(value) -> str:
-    if isinstance(value, str):
-        value = json.loads(value)
-    return f"[{value[0]:.3f}, {value[1]:.3f}]" if value else ""
-
-
 def _calibration_line(calibration: dict | None) -> str:
     """The run's temperatures, in a sentence (empty for a run from before calibration)."""
     if not calibration:
@@ -131,34 +125,51 @@ def _calibration_line(calibration: dict | None) -> str:
             f"{calibration.get('n_val')} val samples: {', '.join(modes)} (`calibration.json`).")
 
 
+def _show(value) -> str:
+    """A value for the card: never the word None."""
+    return "n/a" if value is None else str(value)
+
+
+def _pct(value: float, ci) -> str:
+    """An accuracy and its interval in percent, one decimal: the card's one unit (deltas in pp)."""
+    if isinstance(ci, str):
+        ci = json.loads(ci)
+    return f"{100 * value:.1f}% [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else f"{100 * value:.1f}%"
+
+
 def model_card(manifest: dict, report_rows: list[dict], output) -> str:
     """A README.md for the exported folder: what it is, how it was made, how well it does."""
+    from ..evaluation.reporting import format_p
+
     s = manifest.get("settings", {})
     rows = manifest.get("rows", {})
     name = Path(str(output)).name
     lines = [
         f"# {name}",
         "",
-        f"A ConnectomeBench segment classifier: `{manifest.get('base_model')}` fine-tuned with LoRA "
-        f"(r={s.get('lora_r')}, alpha={s.get('lora_alpha')}) on a teacher's answers "
+        f"A ConnectomeBench segment classifier: `{_show(manifest.get('base_model'))}` fine-tuned with LoRA "
+        f"(r={_show(s.get('lora_r'))}, alpha={_show(s.get('lora_alpha'))}) on a teacher's answers "
         f"({', '.join(manifest.get('teacher_models') or ['unknown teacher'])}), merged into the base "
-        f"weights ({manifest.get('export_dtype')}). Made with connectodistill.",
+        f"weights ({_show(manifest.get('export_dtype'))}). Made with connectodistill.",
         "",
         "## How it was made",
         "",
-        f"- base model: `{manifest.get('base_model')}` ({manifest.get('model_kind')})",
-        f"- method: {s.get('method', 'sft')}; {s.get('epochs')} epochs, learning rate {s.get('learning_rate')}, "
-        f"batch {s.get('batch_size')} x {s.get('gradient_accumulation')}",
-        f"- data: `{manifest.get('merged_file')}` (benchmark `{manifest.get('dataset_name')}`), "
-        f"{rows.get('train_examples')} training examples, {rows.get('val_examples')} val samples"
+        f"- base model: `{_show(manifest.get('base_model'))}` ({_show(manifest.get('model_kind'))})",
+        f"- method: {s.get('method') or 'sft'}; {_show(s.get('epochs'))} epochs, learning rate "
+        f"{_show(s.get('learning_rate'))}, batch {_show(s.get('batch_size'))} x {_show(s.get('gradient_accumulation'))}"
+        + (f"; answer rows for {s['answer_rows']:.0%} of the train samples (one-pass answers)"
+           if s.get("answer_rows") else ""),
+        f"- data: `{_show(manifest.get('merged_file'))}` (benchmark `{_show(manifest.get('dataset_name'))}`), "
+        f"{_show(rows.get('train_examples'))} training examples, {_show(rows.get('val_examples'))} val samples"
         + (f", cross-validation fold {manifest['fold']}" if manifest.get("fold") is not None else ""),
-        f"- prompt: `{manifest.get('prompt_source')}` source, setting `{manifest.get('prompt_setting')}` "
+        f"- prompt: `{_show(manifest.get('prompt_source'))}` source, setting `{_show(manifest.get('prompt_setting'))}` "
         "(the teacher's own question; `prompts.parquet` holds every benchmark sample's prompt, "
         "`prompt_templates.json` the template for new segments)",
-        f"- pixel budget per view: {manifest.get('pixel_budget')}; chat template sha256 "
+        f"- pixel budget per view: {_show(manifest.get('pixel_budget'))}; chat template sha256 "
         f"`{(manifest.get('chat_template_sha256') or '')[:12]}`",
-        f"- checkpoint kept by: {manifest.get('select_by')} (best {manifest.get('best_metric')})",
-        f"- exported from `{manifest.get('exported_from')}` at {manifest.get('exported_at')}",
+        "- checkpoint kept by: " + (f"{manifest.get('select_by')} (best {manifest['best_metric']:.4g})"
+                                    if manifest.get("best_metric") is not None else "the last step (no val selection)"),
+        f"- exported from `{_show(manifest.get('exported_from'))}` at {_show(manifest.get('exported_at'))}",
         "",
         "## How well it does",
         "",
@@ -171,13 +182,14 @@ def model_card(manifest: dict, report_rows: list[dict], output) -> str:
                   "| --- | ---: | --- | --- | --- |"]
         for r in report_rows:
             delta = r.get("delta_vs_teacher")
-            vs = (f"{100 * delta:+.1f} pp {_ci([100 * x for x in json.loads(r['delta_vs_teacher_ci'])])}, "
-                  f"p = {r['mcnemar_p']:.2g}" if isinstance(delta, float) and delta == delta
-                  and isinstance(r.get("delta_vs_teacher_ci"), str) else "")
-            lines.append(f"| {r['model']} | {r['n']} | {r['accuracy']:.3f} {_ci(r['accuracy_ci'])} | "
-                         f"{r['balanced_accuracy']:.3f} {_ci(r['balanced_accuracy_ci'])} | {vs} |")
-        lines += ["", "Intervals: percentile bootstrap over leak-proof groups; the teacher is scored on the "
-                  "same held-out samples."]
+            ci = r.get("delta_vs_teacher_ci")
+            vs = (f"{100 * delta:+.1f} pp [{100 * json.loads(ci)[0]:+.1f}, {100 * json.loads(ci)[1]:+.1f}], "
+                  f"{format_p(r.get('mcnemar_p'))}" if isinstance(delta, float) and delta == delta
+                  and isinstance(ci, str) else "-")
+            lines.append(f"| {r['model']} | {r['n']} | {_pct(r['accuracy'], r['accuracy_ci'])} | "
+                         f"{_pct(r['balanced_accuracy'], r['balanced_accuracy_ci'])} | {vs} |")
+        lines += ["", "Accuracies in percent, differences in percentage points (pp); intervals: 95% percentile "
+                  "bootstrap over leak-proof groups; the teacher is scored on the same held-out samples."]
     else:
         lines.append("No evaluation was attached to this export (`connectodistill export RUN --output DIR --report "
                      "report.csv` adds the report's table here).")
