@@ -80,6 +80,7 @@ from gpu_machine import (  # noqa: E402
     now_utc,
     release,
 )
+from gpu_onepass import section_one_pass  # noqa: E402 - beside its siblings, after the sys.path entry
 from gpu_sections import (  # noqa: E402
     Ctx,
     print_table,
@@ -99,20 +100,23 @@ DEFAULT_OUTPUT = ROOT / "bench" / "results" / "gpu.json"
 FULL = dict(image_size=1024, max_pixels=None, small_pixels=256 * 256, batch_sizes="1,2,4",
             steps=10, warmup=2, gen_batch_sizes="1,4,16", gen_new_tokens=256,
             memory_pixels="65536,262144,1048576", memory_batch_sizes="1,2,4,8",
-            target_chars=800, budget_s=420.0, data_batches=3)
+            target_chars=800, budget_s=470.0, data_batches=3,
+            onepass_pixels="65536,262144,1048576", onepass_batch_sizes="1,4,16", onepass_gen_tokens=200)
 SMOKE = dict(image_size=64, max_pixels=64 * 64, small_pixels=32 * 32, batch_sizes="1,2",
              steps=2, warmup=1, gen_batch_sizes="1,2", gen_new_tokens=8,
              memory_pixels="1024,4096", memory_batch_sizes="1,2", target_chars=200,
-             budget_s=120.0, data_batches=2)
-SECTIONS = ("train", "data_prep", "train_small_budget", "memory", "generation", "train_tune_vision",
+             budget_s=120.0, data_batches=2,
+             onepass_pixels="1024,4096", onepass_batch_sizes="1,2", onepass_gen_tokens=8)
+SECTIONS = ("train", "data_prep", "train_small_budget", "memory", "generation", "one_pass", "train_tune_vision",
             "quantized_4bit")
 # Rough seconds each section takes on one H200 (skipped when less than this is left), from the
 # work each does at ~40% of the H200's bf16 rate plus building the 8B model (not yet measured:
 # a run's JSON records each section's seconds, which should replace these). They sum under
-# FULL["budget_s"] (tests/test_bench_gpu.py), so that a full run reaches every section: 405 s.
+# FULL["budget_s"] (tests/test_bench_gpu.py), so that a full run reaches every section: 450 s
+# (one-pass: 9 prefill rows of at most 16 x 3.5k tokens, and 200 decode steps at batch 16).
 # The 4-bit section: a 17.5 GB random checkpoint written, loaded in bf16 and in NF4, one step.
 ESTIMATE_S = {"train": 80, "data_prep": 15, "train_small_budget": 15, "memory": 45, "generation": 70,
-              "train_tune_vision": 70, "quantized_4bit": 110}
+              "one_pass": 45, "train_tune_vision": 70, "quantized_4bit": 110}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -136,7 +140,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--memory-pixels", help="pixel budgets of the memory table")
     ap.add_argument("--memory-batch-sizes", help="batch sizes of the memory table (1,2,4,8)")
     ap.add_argument("--target-chars", type=int, help="characters of teacher analysis per target (800)")
-    ap.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (420)")
+    ap.add_argument("--budget-s", type=float, help="wall-clock budget of the whole run (470)")
+    ap.add_argument("--onepass-pixels", help="one-pass rows' pixel budgets (256^2, 512^2, 1024^2)")
+    ap.add_argument("--onepass-batch-sizes", help="one-pass rows' batch sizes (1,4,16)")
+    ap.add_argument("--onepass-gen-tokens", type=int, help="new tokens of the generation it is compared with (200)")
     ap.add_argument("--data-batches", type=int, help="timed collator batches per data_prep row (3)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"subset of {','.join(SECTIONS)}")
     ap.add_argument("--scratch", default=None, help="folder for the 4-bit section's checkpoint (~17 GB)")
@@ -155,7 +162,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.output = DEFAULT_OUTPUT
     if args.smoke and args.output.resolve() == DEFAULT_OUTPUT.resolve():
         ap.error("--smoke must not overwrite bench/results/gpu.json; pass another --output")
-    for k in ("batch_sizes", "gen_batch_sizes", "memory_pixels", "memory_batch_sizes"):
+    for k in ("batch_sizes", "gen_batch_sizes", "memory_pixels", "memory_batch_sizes", "onepass_pixels",
+              "onepass_batch_sizes"):
         setattr(args, k, [int(x) for x in str(getattr(args, k)).split(",") if x.strip()])
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = set(args.sections) - set(SECTIONS)
@@ -283,6 +291,8 @@ def main(argv=None) -> int:
                         section_memory(ctx, sec, report, measured)
                     elif name == "generation":
                         section_generation(ctx, sec, report)
+                    elif name == "one_pass":
+                        section_one_pass(ctx, sec, report)
                     elif name == "quantized_4bit":
                         section_4bit(ctx, sec, report)
                     if sec["status"] == "running":

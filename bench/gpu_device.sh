@@ -35,7 +35,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/bench/results/device}"
 WHEELS="${WHEELS:-.whl}"
 SITE="${SITE:-/tmp/site}"
-LIMIT_S="${GPU_BENCH_TIMEOUT:-540}"  # gpu.py budgets itself to 420 s; this is the backstop
+LIMIT_S="${GPU_BENCH_TIMEOUT:-570}"  # gpu.py budgets itself to 470 s; this is the backstop
 mkdir -p "$OUT"
 
 if compgen -G "$WHEELS/*.whl" >/dev/null; then

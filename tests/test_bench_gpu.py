@@ -85,6 +85,19 @@ def test_generation_rows(smoke):
     assert _finite_positive(merged["samples_per_s"]) and "chosen_batch" not in sec
 
 
+def test_one_pass_rows(smoke):
+    """Prefill-only answers by pixel budget and batch, and the generation they are compared with."""
+    doc, _ = smoke
+    sec = doc["sections"]["one_pass"]
+    assert sec["status"] == "done", sec.get("traceback")
+    one = [r for r in sec["rows"] if r["what"] == "one-pass"]
+    assert {(r["pixel_budget"]["max_pixels"], r["batch_size"]) for r in one} == {
+        (p, b) for p in doc["settings"]["onepass_pixels"] for b in doc["settings"]["onepass_batch_sizes"]}
+    assert all(_finite_positive(r["samples_per_s"]) for r in one)
+    (gen,) = [r for r in sec["rows"] if r["what"].startswith("generate")]
+    assert _finite_positive(gen["samples_per_s"]) and sec["one_pass_speedup_at_default_budget"] > 0
+
+
 def test_memory_table(smoke):
     doc, _ = smoke
     sec = doc["sections"]["memory"]
