@@ -7,7 +7,6 @@ its samples with the offline kit (three PNG views and a teacher-like analysis pe
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 
@@ -27,16 +26,6 @@ def train_defaults() -> dict:
 
     f = TrainConfig.model_fields
     return {k: f[k].default for k in ("lora_r", "lora_alpha", "lora_dropout", "max_length")}
-
-
-def make_example(Example, **kw):
-    """``Example(row=, prompt=, target=, key=)``, filling any new required field with None."""
-    if dataclasses.is_dataclass(Example):
-        for f in dataclasses.fields(Example):
-            if (f.name not in kw and f.default is dataclasses.MISSING
-                    and f.default_factory is dataclasses.MISSING):
-                kw[f.name] = None
-    return Example(**kw)
 
 
 def analysis_text(letter: str, chars: int, k: int) -> str:
@@ -68,8 +57,8 @@ def make_samples(workdir: Path, n: int, image_size: int, target_chars: int, Exam
     examples = []
     for i, row in enumerate(rows):
         letter = DESCRIPTION_TO_LETTER[row[label]]
-        examples.append(make_example(
-            Example, row=row, prompt=build_prompt(row),
+        examples.append(Example(
+            row=row, prompt=build_prompt(row),
             target=target_text(letter, analysis_text(letter, target_chars, i)),
             key=(int(row["proofread_root_id"]), int(row["current_root_id"]))))
     return rows, cols, examples

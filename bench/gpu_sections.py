@@ -55,10 +55,7 @@ class Ctx:
 
 def collator_for(ctx: Ctx, max_pixels: int):
     processor, budget = ctx.modeling.load_processor(str(ctx.processor_dir), max_pixels=max_pixels)
-    try:
-        collator = ctx.DistillCollator(processor, ctx.image_cols, max_length=ctx.lora["max_length"])
-    except TypeError:  # a changed signature: the two positional arguments it always had
-        collator = ctx.DistillCollator(processor, ctx.image_cols)
+    collator = ctx.DistillCollator(processor, ctx.image_cols, max_length=ctx.lora["max_length"])
     return collator, processor, budget
 
 

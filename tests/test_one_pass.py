@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ def test_answer_rows_labels_are_the_letter_and_the_turn_end(merged_small, tiny_s
     assert len(twins) == len(rationale) and all(t.prompt == r.prompt for t, r in zip(twins, rationale, strict=True))
     assert {t.key for t in answer_rows(rationale, 0.5, seed=0)} < {r.key for r in rationale}  # a share of samples
     processor, _ = load_processor(str(tiny_student))
-    collate = DistillCollator(processor, data.image_cols)
+    collate = DistillCollator(processor, data.image_cols, multi_task=True)
     for ex in twins[:5]:
         enc = collate.encode(ex)
         labels = enc["labels"][enc["labels"] != IGNORE_INDEX].tolist()
@@ -52,6 +53,49 @@ def test_answer_rows_labels_are_the_letter_and_the_turn_end(merged_small, tiny_s
         assert processor.tokenizer.decode(ids[:start]).endswith("<|im_start|>assistant\n<answer>")
     batch = collate(twins[:2] + rationale[:2])
     assert batch["answer_row"].tolist() == [True, True, False, False]
+
+
+def test_each_task_weighs_its_mean_whatever_the_batch_holds(merged_small, tiny_student, tmp_path):
+    """Multi-task loss: the answer rows' token mean plus the rationale rows' token mean, in a
+    mixed micro-batch and in a micro-batch of one task alike (a batch of answer rows alone is
+    not divided by some other batch's token count)."""
+    import torch
+    from transformers import TrainingArguments
+
+    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.training.collator import IGNORE_INDEX, DistillCollator
+    from connectodistill.training.examples import answer_rows, build_examples, load_training_data
+    from connectodistill.training.sft import DistillTrainer
+
+    data = load_training_data(merged_small)
+    rationale, _ = build_examples(data.train_df, data, target="teacher", fill_missing=False)
+    twins = answer_rows(rationale, 1.0, seed=0)
+    processor, _ = load_processor(str(tiny_student))
+    collate = DistillCollator(processor, data.image_cols, multi_task=True)
+    model = load_model(str(tiny_student)).eval()
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=4,
+                             report_to=[], use_cpu=True)
+    trainer = DistillTrainer(model=model, args=args, data_collator=collate, train_dataset=twins[:2])
+
+    def task_mean(rows) -> float:  # each row's tokens, pooled over the rows of one task
+        total, n = 0.0, 0
+        for ex in rows:
+            b = collate([ex])
+            kept = {k: v for k, v in b.items() if k not in ("labels", "shift_labels", "answer_row")}
+            with torch.no_grad():
+                logits = model(**kept).logits.float()[0]
+            ce = torch.nn.functional.cross_entropy(logits, b["shift_labels"][0], ignore_index=IGNORE_INDEX,
+                                                   reduction="sum")
+            total, n = total + float(ce), n + int((b["shift_labels"] != IGNORE_INDEX).sum())
+        return total / n
+
+    def loss(rows) -> float:
+        with torch.no_grad():
+            return float(trainer.compute_loss(model, collate(rows), num_items_in_batch=torch.tensor(1000)))
+
+    answers, explained = twins[:2], rationale[2:4]
+    assert loss(answers) == pytest.approx(task_mean(answers), rel=1e-4)
+    assert loss(answers + explained) == pytest.approx(task_mean(answers) + task_mean(explained), rel=1e-4)
 
 
 def test_the_run_records_answer_rows_and_its_temperatures(mt_run):
@@ -187,6 +231,40 @@ def test_predict_one_pass_resumes_and_explains_exactly_the_human_bound(mt_run, s
     assert (df["mode"] == "one_pass").all()
     s = json.loads((tmp_path / "explained" / "predict_summary.json").read_text())
     assert s["mode"] == "one_pass" and s["calibration"]["temperatures"] == [pytest.approx(cal)]
+
+
+def test_a_triage_threshold_is_used_only_on_the_confidence_it_was_chosen_on(mt_run, small_benchmark, tmp_path):
+    """--triage-from an eval: the threshold belongs to that eval's answer mode and temperature. A
+    generate-mode threshold is refused for one-pass answers; a run without calibration.json takes
+    the temperature the eval fit on val; a temperature that disagrees is refused."""
+    table = pq.read_table(small_benchmark).to_pandas().head(4).drop(columns=["class_description"])
+    data = tmp_path / "new.parquet"
+    table.to_parquet(data)
+    temp = json.loads((mt_run / "calibration.json").read_text())["one_pass"]["temperature"]
+
+    def eval_result(name: str, mode: str, t: float, run=mt_run) -> str:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps(
+            {"adapter": str(run), "settings": {"mode": mode}, "calibration": {"temperature": t},
+             "triage": {"threshold": 0.5, "target_accuracy": 0.95}}))
+        return str(tmp_path / name)
+
+    def cli(run, triage_from, *extra):
+        out = tmp_path / "out" / Path(triage_from).name
+        return runner.invoke(app, ["predict", str(data), "--adapter-path", str(run), "--triage-from", triage_from,
+                                   "--dry-run", "-o", str(out), *extra])
+
+    r = cli(mt_run, eval_result("gen", "generate", 1.0), "--one-pass")
+    assert r.exit_code == 2 and "chosen on generate answers" in r.output and "--generate" in r.output
+    r = cli(mt_run, eval_result("other-t", "one_pass", 2 * temp), "--one-pass")
+    assert r.exit_code == 2 and "temperature" in r.output and not (tmp_path / "out").exists()
+    assert cli(mt_run, eval_result("same", "one_pass", temp), "--one-pass").exit_code == 0
+    old = tmp_path / "old-run"  # trained before calibration.json existed
+    shutil.copytree(mt_run, old, ignore=shutil.ignore_patterns("checkpoints", "calibration.json"))
+    r = cli(old, eval_result("fit-now", "one_pass", 1.7, old), "--one-pass")
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "out" / "fit-now" / "predict_summary.json").read_text())
+    assert s["calibration"]["temperatures"] == [1.7] and "fit on val by the eval" in s["calibration"]["source"]
 
 
 # ----------------------------------------------------------------------------- bad input

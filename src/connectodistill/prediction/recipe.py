@@ -138,14 +138,16 @@ def model_fingerprint(kind: str, dirs: list[Path]) -> str:
     return hashlib.sha256(f"{kind}:{fingerprint_files(files)}".encode()).hexdigest()
 
 
-def triage_threshold(cfg: PredictConfig, dirs: list[Path], kind: str = "adapter") -> tuple[bool, float | None, str | None]:
-    """(triage on, threshold, where it came from) from --threshold or --triage-from."""
+def triage_threshold(cfg: PredictConfig, dirs: list[Path],
+                     kind: str = "adapter") -> tuple[bool, float | None, str | None, dict | None]:
+    """(triage on, threshold, where it came from, its scale) from --threshold or --triage-from;
+    the scale of a --triage-from threshold is the eval's answer mode and temperature."""
     if cfg.threshold is not None and cfg.triage_from is not None:
         raise UserError("pass either --threshold T or --triage-from EVAL_RESULT, not both")
     if cfg.threshold is not None:
-        return True, cfg.threshold, "--threshold"
+        return True, cfg.threshold, "--threshold", None
     if cfg.triage_from is None:
-        return False, None, None
+        return False, None, None, None
     path = Path(cfg.triage_from)
     path = path if path.suffix == ".json" else path / "summary.json"
     try:
@@ -164,11 +166,17 @@ def triage_threshold(cfg: PredictConfig, dirs: list[Path], kind: str = "adapter"
         raise UserError(f"{path}: its threshold was chosen for {student}, not this model; pass --threshold T "
                         "to apply a threshold anyway")
     note = f"{path} (target accuracy {tri.get('target_accuracy')}, chosen on {tri.get('chosen_on', 'val')})"
+    calibration = summary.get("calibration") or {}
+    scale = {"path": path, "mode": (summary.get("settings") or {}).get("mode", "generate"),
+             "temperature": calibration.get("temperature")}
     if "threshold" in tri:
-        return True, tri["threshold"], note
+        return True, tri["threshold"], note, scale
     thresholds = tri["thresholds"]  # a cross-validation eval: one per fold, each on its own val part
     if kind == "fold" and cfg.fold is not None and cfg.fold < len(thresholds):
-        return True, thresholds[cfg.fold], f"{note}, fold {cfg.fold}'s"
+        per_fold = calibration.get("per_fold") or []
+        fold_cal = per_fold[cfg.fold] if cfg.fold < len(per_fold) else None
+        scale["temperature"] = (fold_cal or {}).get("temperature")
+        return True, thresholds[cfg.fold], f"{note}, fold {cfg.fold}'s", scale
     raise UserError(f"{path} holds one triage threshold per fold ({thresholds}); the ensemble's confidence is "
                     "none of theirs: pass --fold I to triage with that fold's student and threshold, or --threshold T")
 
@@ -194,6 +202,26 @@ def temperatures(dirs: list[Path], mode: str) -> tuple[list[float], str]:
     return temps, note
 
 
+def same_scale(scale: dict, mode: str, temps: list[float], note: str) -> tuple[list[float], str]:
+    """The temperatures to use with a threshold from --triage-from: a threshold means something
+    only on the confidence it was chosen on, the eval's answer mode at the eval's temperature.
+    A student without calibration.json takes the temperature the eval fit on its val split."""
+    where = scale["path"]
+    if scale["mode"] != mode:
+        flag = "--one-pass" if scale["mode"] == "one_pass" else "--generate"
+        raise UserError(f"--triage-from {where}: its threshold was chosen on {scale['mode'].replace('_', '-')} "
+                        f"answers, and this predict answers {mode.replace('_', '-')}: pass {flag}, or run "
+                        f"`connectodistill eval` in this mode and triage from that")
+    t = scale["temperature"]
+    if t is None or len(temps) != 1 or abs(temps[0] - float(t)) < 1e-9:
+        return temps, note
+    if note.startswith("UNCALIBRATED"):  # an older run: the eval fit its temperature on val
+        return [float(t)], f"fit on val by the eval in {where} (the run has no calibration.json)"
+    raise UserError(f"--triage-from {where}: its threshold was chosen at temperature {float(t):.4g}, and this "
+                    f"student's calibration.json says {temps[0]:.4g}: evaluate the student again and triage from "
+                    "that result, or pass --threshold T")
+
+
 def plan(config: PredictConfig | None = None, *, remote: bool = False, **overrides) -> Plan:
     """Check the input, the model and the triage settings; nothing is loaded or written."""
     cfg = resolve(PredictConfig, config, overrides)
@@ -207,11 +235,13 @@ def plan(config: PredictConfig | None = None, *, remote: bool = False, **overrid
     source = open_source(cfg.input, cfg.images_dir, config_name=cfg.config_name, split=cfg.dataset_split)
     if source.total == 0:
         raise UserError(f"{cfg.input}: no segments (no rows)")
-    on, threshold, note = triage_threshold(cfg, dirs, kind)
+    on, threshold, note, scale = triage_threshold(cfg, dirs, kind)
     if cfg.explain == "human" and not on:
         raise UserError("--explain human needs a triage to know who goes to a human: pass --threshold T or "
                         "--triage-from EVAL_RESULT")
     temps, calibration_note = temperatures(dirs, mode)
+    if scale is not None:
+        temps, calibration_note = same_scale(scale, mode, temps, calibration_note)
     if mode == "one_pass" and not all(s.get("answer_rows") for s in settings):
         from rich.console import Console
 

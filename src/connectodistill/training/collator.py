@@ -28,8 +28,12 @@ class DistillCollator:
     where the loss reads them (``logits_to_keep`` + ``shift_labels``).
     """
 
-    def __init__(self, processor, image_cols: tuple[str, ...], max_length: int | None = None):
+    def __init__(self, processor, image_cols: tuple[str, ...], max_length: int | None = None,
+                 multi_task: bool = False):
         self.processor = processor
+        # rationale and answer rows in one run: every batch says which row is which, so that
+        # the trainer weighs the two tasks the same way whatever a batch happens to hold
+        self.multi_task = multi_task
         self.tokenizer = processor.tokenizer
         self.image_cols = image_cols
         self.max_length = max_length
@@ -107,6 +111,6 @@ class DistillCollator:
         # batch along dim 0 (nn.DataParallel) splits them with the rows.
         batch["logits_to_keep"] = positions.expand(labels.shape[0], -1).contiguous()
         batch["shift_labels"] = labels[:, positions + 1].contiguous()
-        if any(ex.answer_row for ex in examples):  # multi-task: the trainer weighs the two tasks
+        if self.multi_task:
             batch["answer_row"] = torch.tensor([ex.answer_row for ex in examples])
         return batch

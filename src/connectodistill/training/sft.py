@@ -66,7 +66,8 @@ def train_sft(cfg: TrainConfig, *, callbacks: list | None = None) -> Path:
     model = add_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                      tune_vision=cfg.tune_vision, tune_merger=cfg.tune_merger,
                      gradient_checkpointing=gradient_checkpointing)
-    collator = DistillCollator(processor, image_cols, cfg.max_length)
+    collator = DistillCollator(processor, image_cols, cfg.max_length,
+                               multi_task=bool(cfg.answer_rows) and cfg.rationale_rows)
     # Fail now, not hours into a GPU run, if the longest conversations do not fit max_length.
     for ex in sorted(train_ex + val_ex, key=lambda e: len(e.prompt) + len(e.target))[-4:]:
         collator.encode(ex)
@@ -153,11 +154,13 @@ def _make_trainer_class():
             return metrics
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # Multi-task batches: each task's mean over its own tokens, summed (distilling
-            # step-by-step's L_label + L_rationale), so a 3-token answer row weighs as much as
-            # a rationale row of hundreds; a plain token mean would drown it.
+            # Multi-task runs: each task's mean over its own tokens in the micro-batch, summed
+            # (distilling step-by-step's L_label + L_rationale), so a 3-token answer row weighs
+            # as much as a rationale row of hundreds; a plain token mean would drown it. Every
+            # micro-batch of such a run takes this path, one task or two, so that a task's
+            # weight does not depend on what the shuffle put beside it.
             task = inputs.pop("answer_row", None)
-            if task is None or task.all() or not task.any():
+            if task is None:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             import torch
 
@@ -169,7 +172,7 @@ def _make_trainer_class():
                 ignore_index=IGNORE_INDEX, reduction="none")
             valid = shift.to(per_token.device) != IGNORE_INDEX
             rows = task.to(per_token.device)[:, None]
-            loss = sum(per_token[valid & m].mean() for m in (rows, ~rows))
+            loss = sum(per_token[valid & m].mean() for m in (rows, ~rows) if (valid & m).any())
             # the Trainer divides by the accumulation steps only a loss it thinks unscaled; this
             # one is a per-micro-batch mean, so scale it here when the Trainer will not
             if self.model_accepts_loss_kwargs and num_items_in_batch is not None and model.training:
