@@ -55,7 +55,10 @@ class RunFailed(Exception):
     pass
 
 
-def spread(values: list[float]) -> dict:
+def spread(values: list[float | None]) -> dict | None:
+    values = [v for v in values if v is not None]  # a figure a run did not have (no triage)
+    if not values:
+        return None
     return {"min": min(values), "median": statistics.median(values), "max": max(values)}
 
 
@@ -91,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "student_accuracy": spread(acc),
         "student_balanced_accuracy": spread(bal),
+        "student_rationale_first_accuracy": spread([r.get("student_rationale_first_accuracy") for r in runs]),
+        "student_triage_coverage": spread([(r["confidence"].get("student") or {}).get("triage_coverage")
+                                           for r in runs]),
+        "student_triage_accuracy": spread([(r["confidence"].get("student") or {}).get("triage_accuracy")
+                                           for r in runs]),
         "student_blank_images_accuracy": spread([r["student_blank_images_accuracy"] for r in runs]),
         "teacher_accuracy": spread([r["teacher_accuracy"] for r in runs]),
         "teacher_majority_vote_accuracy": spread([r["teacher_majority_vote_accuracy"] for r in runs]),

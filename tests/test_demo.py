@@ -32,7 +32,10 @@ def test_demo_runs_every_stage(tmp_path):
         assert (out / path).is_file(), path
     assert "teacher (single response)" in (out / "report.md").read_text()
     # calibration and coverage rows for teacher and student; votes only when asked for
-    assert set(saved["confidence"]) == {"teacher (majority vote)", "student"}
+    assert set(saved["confidence"]) == {"teacher (majority vote)", "student", "student_rationale-first"}
+    # the student answers in one pass; the same student rationale-first is a row of its own
+    assert json.loads((out / "results/student/summary.json").read_text())["settings"]["mode"] == "one_pass"
+    assert 0.0 <= saved["student_rationale_first_accuracy"] <= 1.0
     for row in saved["confidence"].values():
         # a student that never answered has nothing to calibrate: n/a, not a figure
         assert (row["ece"] is None and row["reading"].startswith("n/a")) or (0.0 <= row["ece"] <= 1.0 and row["reading"])

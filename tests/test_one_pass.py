@@ -141,6 +141,16 @@ def test_one_pass_letter_is_the_argmax_of_an_independent_forward_pass(mt_run, tm
         with torch.no_grad():
             logits = model(**enc).logits[0, -1]
         assert row["predicted_letter"] == LETTERS[int(logits[letter_ids].argmax())]
+    # preparing the next batch in a thread (an accelerator's default) changes no answer
+    from connectodistill.core.generation import one_pass_probabilities
+
+    keys = [(r["proofread_root_id"], r["current_root_id"]) for _, r in preds.iterrows()]
+    args = ([prompts.loc[k, "prompt"] for k in keys],
+            [load_images(bench.loc[k].to_dict(), ("option_1_front_image", "option_1_side_image",
+                                                  "option_1_top_image")) for k in keys])
+    kw = dict(layouts=[prompts.loc[k, "prompt_layout"] for k in keys], batch_size=4)
+    ahead = one_pass_probabilities(model, processor, *args, prefetch=True, **kw)
+    assert np.allclose(ahead, one_pass_probabilities(model, processor, *args, prefetch=False, **kw), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- calibration

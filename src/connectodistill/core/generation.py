@@ -217,7 +217,7 @@ def letter_probabilities(model, processor, prompts: Sequence[str], images: Seque
 
 def one_pass_probabilities(model, processor, prompts: Sequence[str], images: Sequence[list], *,
                            layouts: Sequence[str | None] | None = None, batch_size: int = 4,
-                           progress: Callable[[int], None] | None = None):
+                           progress: Callable[[int], None] | None = None, prefetch: bool | None = None):
     """One-pass answers: the distribution over the seven letters right after the question and
     an opened answer block, without generating anything.
 
@@ -226,6 +226,11 @@ def one_pass_probabilities(model, processor, prompts: Sequence[str], images: Seq
     trained (``answer_row_ids``); the next-token probabilities of the seven letters
     (``one_pass_letter_ids``), renormalised to sum to 1. Returns (n, 7) float64 in the order of
     ``task.LETTERS``; the answer is its argmax.
+
+    ``prefetch`` prepares the next batch's inputs (template, image processor) in a thread while
+    this batch's forward pass runs; by default on an accelerator, where the CPU is otherwise
+    idle during the forward pass. On a CPU both compete for the same cores (measured slower:
+    bench/README.md, onepass).
     """
     import numpy as np
     import torch
@@ -238,16 +243,37 @@ def one_pass_probabilities(model, processor, prompts: Sequence[str], images: Seq
     layouts = list(layouts) if layouts is not None else [None] * len(prompts)
     out = np.zeros((len(prompts), 7))
     model.eval()
+    starts = range(0, len(prompts), batch_size)
+
+    def prepare(start: int):
+        chunk = range(start, min(start + batch_size, len(prompts)))
+        texts = render_prompts(processor, [prompts[i] for i in chunk], [images[i] for i in chunk],
+                               [layouts[i] for i in chunk])
+        return _batch_inputs(processor, texts, [im for i in chunk for im in images[i]], opening)
+
+    if prefetch is None:
+        prefetch = next(model.parameters()).device.type != "cpu"
+
+    def batches():
+        if not prefetch:
+            yield from map(prepare, starts)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(prepare, starts[0]) if len(starts) else None
+            for k in range(len(starts)):
+                inputs = ahead.result()
+                if k + 1 < len(starts):
+                    ahead = pool.submit(prepare, starts[k + 1])
+                yield inputs
+
     try:
-        for start in range(0, len(prompts), batch_size):
-            chunk = range(start, min(start + batch_size, len(prompts)))
-            texts = render_prompts(processor, [prompts[i] for i in chunk], [images[i] for i in chunk],
-                                   [layouts[i] for i in chunk])
-            flat = [im for i in chunk for im in images[i]]
-            inputs = _batch_inputs(processor, texts, flat, opening)
-            out[start:start + len(chunk)] = _softmax_at_end(model, inputs, ids.expand(len(chunk), -1))
+        for start, inputs in zip(starts, batches(), strict=True):
+            n = inputs["input_ids"].shape[0]
+            out[start:start + n] = _softmax_at_end(model, inputs, ids.expand(n, -1))
             if progress is not None:
-                progress(len(chunk))
+                progress(n)
     finally:
         tok.padding_side = old_side
     return out
