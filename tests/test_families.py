@@ -1,6 +1,6 @@
 """Every family of the table (core/families.py) works wherever Qwen3-VL works: a few training
 steps, an adapter that saves and reloads to identical logits, batched generation equal to
-one-by-one, and an export that answers as base + adapter. Qwen3.5 also end to end through the
+one-by-one, answer rows and one-pass answers, and an export that answers as base + adapter. Qwen3.5 also end to end through the
 CLI; a model type outside the table fails with one line listing the families."""
 
 from __future__ import annotations
@@ -155,6 +155,31 @@ def test_export_answers_as_base_plus_adapter(runs, students, samples, kind, tmp_
     batch = _batch(merged_processor, prompts, images)
     with torch.no_grad():
         assert torch.allclose(merged.eval()(**batch).logits, adapted(**batch).logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", kinds())
+def test_answer_rows_and_one_pass_answers(runs, students, samples, merged_small, kind):
+    """Answer rows learn exactly the letter and the turn's end with the family's tokenizer and
+    template; one-pass letter distributions agree batched and one by one, and sum to 1."""
+    from peft import PeftModel
+
+    from connectodistill.core.generation import one_pass_probabilities
+    from connectodistill.core.modeling import load_model, load_processor
+    from connectodistill.training.collator import IGNORE_INDEX, DistillCollator
+    from connectodistill.training.examples import answer_rows, build_examples, load_training_data
+
+    data = load_training_data(merged_small)
+    rationale, _ = build_examples(data.train_df.head(4), data, target="teacher", fill_missing=False)
+    processor, _ = load_processor(runs[kind])
+    collate = DistillCollator(processor, data.image_cols, multi_task=True)
+    for ex in answer_rows(rationale, 1.0, seed=0)[:2]:
+        enc = collate.encode(ex)
+        labels = enc["labels"][enc["labels"] != IGNORE_INDEX].tolist()
+        assert processor.tokenizer.decode(labels) == f"{ex.letter}</answer><|im_end|>"
+    model = PeftModel.from_pretrained(load_model(students[kind]), str(runs[kind]))
+    p4 = one_pass_probabilities(model, processor, *samples, batch_size=4)
+    p1 = one_pass_probabilities(model, processor, *samples, batch_size=1)
+    assert abs(p4 - p1).max() < 1e-5 and abs(p4.sum(axis=1) - 1).max() < 1e-9
 
 
 def test_qwen35_through_the_cli(students, merged_small, small_benchmark, tmp_path):
