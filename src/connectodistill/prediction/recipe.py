@@ -188,9 +188,9 @@ def answer_mode(cfg: PredictConfig, settings: list[dict]) -> str:
     return "one_pass" if all(s.get("answer_rows") for s in settings) else "generate"
 
 
-def temperatures(dirs: list[Path], mode: str) -> tuple[list[float], str]:
-    """Each student's temperature for ``mode`` from its calibration.json, and where it came from
-    (1.0, uncalibrated, for a student without one)."""
+def temperatures(dirs: list[Path], mode: str) -> tuple[list[float], str, list[str]]:
+    """Each student's temperature for ``mode`` from its calibration.json, where it came from
+    (1.0, uncalibrated, for a student without one), and the students without one."""
     from ..training.calibrate import read_calibration
 
     found = [read_calibration(d) for d in dirs]
@@ -199,10 +199,11 @@ def temperatures(dirs: list[Path], mode: str) -> tuple[list[float], str]:
     note = ("fit on val when training ended (calibration.json)" if not missing else
             f"UNCALIBRATED for {', '.join(missing)}: no calibration.json (trained before calibration existed); "
             "`connectodistill eval` on the run fits one on its val split")
-    return temps, note
+    return temps, note, missing
 
 
-def same_scale(scale: dict, mode: str, temps: list[float], note: str) -> tuple[list[float], str]:
+def same_scale(scale: dict, mode: str, temps: list[float], note: str,
+               uncalibrated: bool) -> tuple[list[float], str]:
     """The temperatures to use with a threshold from --triage-from: a threshold means something
     only on the confidence it was chosen on, the eval's answer mode at the eval's temperature.
     A student without calibration.json takes the temperature the eval fit on its val split."""
@@ -215,7 +216,7 @@ def same_scale(scale: dict, mode: str, temps: list[float], note: str) -> tuple[l
     t = scale["temperature"]
     if t is None or len(temps) != 1 or abs(temps[0] - float(t)) < 1e-9:
         return temps, note
-    if note.startswith("UNCALIBRATED"):  # an older run: the eval fit its temperature on val
+    if uncalibrated:  # an older run: the eval fit its temperature on val
         return [float(t)], f"fit on val by the eval in {where} (the run has no calibration.json)"
     raise UserError(f"--triage-from {where}: its threshold was chosen at temperature {float(t):.4g}, and this "
                     f"student's calibration.json says {temps[0]:.4g}: evaluate the student again and triage from "
@@ -239,9 +240,9 @@ def plan(config: PredictConfig | None = None, *, remote: bool = False, **overrid
     if cfg.explain == "human" and not on:
         raise UserError("--explain human needs a triage to know who goes to a human: pass --threshold T or "
                         "--triage-from EVAL_RESULT")
-    temps, calibration_note = temperatures(dirs, mode)
+    temps, calibration_note, missing = temperatures(dirs, mode)
     if scale is not None:
-        temps, calibration_note = same_scale(scale, mode, temps, calibration_note)
+        temps, calibration_note = same_scale(scale, mode, temps, calibration_note, bool(missing))
     if mode == "one_pass" and not all(s.get("answer_rows") for s in settings):
         from rich.console import Console
 
